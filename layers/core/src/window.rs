@@ -1,0 +1,428 @@
+//! Lock-free rolling windows of call outcomes for the hot path.
+//!
+//! - [`CountWindow`]: the last `size` calls, a ring of one-byte slots. Recording is a
+//!   `fetch_add` on the ring cursor, a `swap` of one slot and one `fetch_add` on the
+//!   packed totals: no lock, no allocation, and old calls leave as new ones arrive.
+//! - [`TimeWindow`]: the calls of the last `buckets × bucket_width`, in time buckets
+//!   of one atomic word each, updated with compare-and-swap. Buckets older than the
+//!   window are skipped when read, so it slides bucket by bucket.
+//!
+//! Both count three things per call: that it happened, whether it failed and whether
+//! it was slow; a [`WindowSnapshot`] gives the rates.
+
+use crate::sync::{AtomicU8, AtomicU64, Ordering};
+
+/// One call, as a window records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sample {
+    /// The call failed.
+    pub failure: bool,
+    /// The call was slow.
+    pub slow: bool,
+}
+
+/// Counts over a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WindowSnapshot {
+    /// Calls recorded.
+    pub calls: u32,
+    /// Of which failed.
+    pub failures: u32,
+    /// Of which were slow.
+    pub slow: u32,
+}
+
+impl WindowSnapshot {
+    /// Failures ÷ calls (0 with no calls).
+    pub fn failure_rate(&self) -> f64 {
+        ratio(self.failures, self.calls)
+    }
+
+    /// Slow calls ÷ calls (0 with no calls).
+    pub fn slow_rate(&self) -> f64 {
+        ratio(self.slow, self.calls)
+    }
+}
+
+fn ratio(part: u32, whole: u32) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        f64::from(part) / f64::from(whole)
+    }
+}
+
+// ---- count-based ring -------------------------------------------------------------
+
+const SLOT_EMPTY: u8 = 0;
+const SLOT_CALL: u8 = 1;
+const SLOT_FAILURE: u8 = 2;
+const SLOT_SLOW: u8 = 4;
+
+/// Bits per packed field in [`CountWindow`]'s totals word.
+const FIELD_BITS: u32 = 21;
+const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
+
+fn slot_of(sample: Sample) -> u8 {
+    SLOT_CALL
+        | if sample.failure { SLOT_FAILURE } else { 0 }
+        | if sample.slow { SLOT_SLOW } else { 0 }
+}
+
+/// The slot's contribution to the totals word: calls, failures and slow calls in
+/// three 21-bit fields.
+fn packed(slot: u8) -> u64 {
+    let calls = u64::from(slot & SLOT_CALL != 0);
+    let failures = u64::from(slot & SLOT_FAILURE != 0);
+    let slow = u64::from(slot & SLOT_SLOW != 0);
+    calls | (failures << FIELD_BITS) | (slow << (2 * FIELD_BITS))
+}
+
+/// Reads the totals word. Fields are signed (two's complement within their bits):
+/// a slot's removal can be applied a moment before another thread applies its
+/// addition, so a field may be briefly negative; the word as a whole is always the
+/// exact sum of the deltas applied, and decoding field by field (carrying each
+/// field's sign into the next) recovers the true, possibly negative, counts.
+fn unpack(word: u64) -> [i64; 3] {
+    let mut rest = word;
+    let mut out = [0i64; 3];
+    for field in &mut out {
+        let low = rest & FIELD_MASK;
+        // Sign-extend the 21-bit field.
+        let value = ((low << (64 - FIELD_BITS)) as i64) >> (64 - FIELD_BITS);
+        *field = value;
+        rest = rest.wrapping_sub(value as u64) >> FIELD_BITS;
+    }
+    out
+}
+
+fn snapshot_of(word: u64) -> WindowSnapshot {
+    let [calls, failures, slow] = unpack(word);
+    let clamp = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
+    let calls = clamp(calls);
+    WindowSnapshot {
+        calls,
+        failures: clamp(failures).min(calls),
+        slow: clamp(slow).min(calls),
+    }
+}
+
+/// A sliding window over the last `size` calls; see the [module docs](self).
+#[derive(Debug)]
+pub struct CountWindow {
+    slots: Box<[AtomicU8]>,
+    cursor: AtomicU64,
+    totals: AtomicU64,
+}
+
+impl CountWindow {
+    /// The largest window: counts must fit a signed 21-bit field with room for
+    /// in-flight updates.
+    pub const MAX_SIZE: u32 = 1 << 19;
+
+    /// A window over the last `size` calls, `1..=MAX_SIZE`.
+    ///
+    /// Returns `None` for a size outside that range (builders turn this into a
+    /// configuration error naming their field).
+    pub fn new(size: u32) -> Option<Self> {
+        if size == 0 || size > Self::MAX_SIZE {
+            return None;
+        }
+        Some(Self {
+            slots: (0..size).map(|_| AtomicU8::new(SLOT_EMPTY)).collect(),
+            cursor: AtomicU64::new(0),
+            totals: AtomicU64::new(0),
+        })
+    }
+
+    /// The window's size in calls.
+    pub fn size(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
+    /// Records one call, pushing the oldest out once the window is full, and returns
+    /// the counts right after this call was added.
+    #[inline]
+    pub fn record(&self, sample: Sample) -> WindowSnapshot {
+        let index = self.cursor.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
+        let new = slot_of(sample);
+        let old = self.slots[index as usize].swap(new, Ordering::AcqRel);
+        let delta = packed(new).wrapping_sub(packed(old));
+        let before = self.totals.fetch_add(delta, Ordering::AcqRel);
+        snapshot_of(before.wrapping_add(delta))
+    }
+
+    /// The counts now.
+    #[inline]
+    pub fn snapshot(&self) -> WindowSnapshot {
+        snapshot_of(self.totals.load(Ordering::Acquire))
+    }
+
+    /// Empties the window. Calls recorded concurrently with the reset may survive it.
+    pub fn reset(&self) {
+        for slot in self.slots.iter() {
+            let old = slot.swap(SLOT_EMPTY, Ordering::AcqRel);
+            if old != SLOT_EMPTY {
+                self.totals
+                    .fetch_add(0u64.wrapping_sub(packed(old)), Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+// ---- time-bucketed ----------------------------------------------------------------
+
+/// A bucket word: `[tag:16][calls:16][failures:16][slow:16]`, low to high.
+const BUCKET_FIELD: u32 = 16;
+const BUCKET_MAX: u64 = 0xFFFF;
+
+fn bucket_tag(word: u64) -> u64 {
+    word & BUCKET_MAX
+}
+
+fn bucket_counts(word: u64) -> (u32, u32, u32) {
+    (
+        ((word >> BUCKET_FIELD) & BUCKET_MAX) as u32,
+        ((word >> (2 * BUCKET_FIELD)) & BUCKET_MAX) as u32,
+        ((word >> (3 * BUCKET_FIELD)) & BUCKET_MAX) as u32,
+    )
+}
+
+/// A sliding window over the last `buckets × bucket_width` of time; see the
+/// [module docs](self).
+///
+/// Times are `u64` nanoseconds from any fixed epoch (a [`Clock`](crate::Clock)'s
+/// readings). Each bucket counts at most 65,535 calls; calls past that in the same
+/// bucket are not counted (the rates stay those of the first 65,535), so pick buckets
+/// narrow enough for your peak rate.
+#[derive(Debug)]
+pub struct TimeWindow {
+    buckets: Box<[AtomicU64]>,
+    bucket_nanos: u64,
+}
+
+impl TimeWindow {
+    /// The most buckets a window may have.
+    pub const MAX_BUCKETS: u32 = 4096;
+
+    /// A window of `buckets` buckets of `bucket_nanos` each. `None` when either is
+    /// zero or `buckets > MAX_BUCKETS`.
+    pub fn new(buckets: u32, bucket_nanos: u64) -> Option<Self> {
+        if buckets == 0 || buckets > Self::MAX_BUCKETS || bucket_nanos == 0 {
+            return None;
+        }
+        Some(Self {
+            buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+            bucket_nanos,
+        })
+    }
+
+    /// The window's length in nanoseconds.
+    pub fn span_nanos(&self) -> u64 {
+        self.bucket_nanos.saturating_mul(self.buckets.len() as u64)
+    }
+
+    fn locate(&self, tick: u64) -> (usize, u64) {
+        let n = self.buckets.len() as u64;
+        ((tick % n) as usize, (tick / n) & BUCKET_MAX)
+    }
+
+    /// Records one call made at `now_nanos`.
+    #[inline]
+    pub fn record(&self, now_nanos: u64, sample: Sample) {
+        let tick = now_nanos / self.bucket_nanos;
+        let (index, tag) = self.locate(tick);
+        let add = (1u64 << BUCKET_FIELD)
+            | (u64::from(sample.failure) << (2 * BUCKET_FIELD))
+            | (u64::from(sample.slow) << (3 * BUCKET_FIELD));
+        let bucket = &self.buckets[index];
+        let mut current = bucket.load(Ordering::Relaxed);
+        loop {
+            let next = if bucket_tag(current) == tag && current != 0 {
+                let (calls, _, _) = bucket_counts(current);
+                if u64::from(calls) == BUCKET_MAX {
+                    return;
+                }
+                current + add
+            } else {
+                // The bucket holds an older rotation (or nothing): start it afresh.
+                tag | add
+            };
+            match bucket.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// The counts of the buckets that overlap `(now - span, now]`.
+    pub fn snapshot(&self, now_nanos: u64) -> WindowSnapshot {
+        let tick = now_nanos / self.bucket_nanos;
+        let n = self.buckets.len() as u64;
+        let mut snap = WindowSnapshot::default();
+        for age in 0..n.min(tick + 1) {
+            let (index, tag) = self.locate(tick - age);
+            let word = self.buckets[index].load(Ordering::Acquire);
+            if word != 0 && bucket_tag(word) == tag {
+                let (calls, failures, slow) = bucket_counts(word);
+                snap.calls += calls;
+                snap.failures += failures;
+                snap.slow += slow;
+            }
+        }
+        snap
+    }
+
+    /// Empties the window. Calls recorded concurrently with the reset may survive it.
+    pub fn reset(&self) {
+        for b in self.buckets.iter() {
+            b.store(0, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const OK: Sample = Sample {
+        failure: false,
+        slow: false,
+    };
+    const FAIL: Sample = Sample {
+        failure: true,
+        slow: false,
+    };
+    const SLOW: Sample = Sample {
+        failure: false,
+        slow: true,
+    };
+
+    #[test]
+    fn count_window_slides_old_calls_out() {
+        let w = CountWindow::new(4).unwrap();
+        for s in [FAIL, FAIL, OK, OK] {
+            w.record(s);
+        }
+        assert_eq!(w.snapshot(), WindowSnapshot { calls: 4, failures: 2, slow: 0 });
+        // Two more successes push both failures out.
+        w.record(OK);
+        let after = w.record(SLOW);
+        assert_eq!(after, WindowSnapshot { calls: 4, failures: 0, slow: 1 });
+        assert_eq!(after.slow_rate(), 0.25);
+        w.reset();
+        assert_eq!(w.snapshot(), WindowSnapshot::default());
+    }
+
+    #[test]
+    fn count_window_rejects_bad_sizes() {
+        assert!(CountWindow::new(0).is_none());
+        assert!(CountWindow::new(CountWindow::MAX_SIZE + 1).is_none());
+        assert!(CountWindow::new(CountWindow::MAX_SIZE).is_some());
+    }
+
+    #[test]
+    fn signed_fields_decode_exactly() {
+        // A removal applied before its matching addition leaves a field at -1.
+        let word = 0u64.wrapping_sub(packed(SLOT_CALL | SLOT_FAILURE)).wrapping_add(packed(SLOT_CALL | SLOT_SLOW));
+        assert_eq!(unpack(word), [0, -1, 1]);
+        assert_eq!(snapshot_of(word), WindowSnapshot { calls: 0, failures: 0, slow: 0 });
+    }
+
+    #[test]
+    fn time_window_slides_bucket_by_bucket() {
+        // 10 buckets of 1 s.
+        let s = 1_000_000_000;
+        let w = TimeWindow::new(10, s).unwrap();
+        w.record(0, FAIL);
+        w.record(s / 2, OK);
+        w.record(5 * s, FAIL);
+        assert_eq!(w.snapshot(9 * s), WindowSnapshot { calls: 3, failures: 2, slow: 0 });
+        // At t=10s the first bucket [0,1s) has left the window.
+        assert_eq!(w.snapshot(10 * s), WindowSnapshot { calls: 1, failures: 1, slow: 0 });
+        // Recording into a recycled bucket starts it afresh.
+        w.record(10 * s, SLOW);
+        assert_eq!(w.snapshot(10 * s), WindowSnapshot { calls: 2, failures: 1, slow: 1 });
+        assert_eq!(w.snapshot(100 * s), WindowSnapshot::default());
+        w.reset();
+        assert_eq!(w.snapshot(10 * s), WindowSnapshot::default());
+    }
+
+    #[test]
+    fn time_window_saturates_per_bucket() {
+        let w = TimeWindow::new(2, 10).unwrap();
+        for _ in 0..70_000 {
+            w.record(0, OK);
+        }
+        assert_eq!(w.snapshot(0).calls, 65_535);
+    }
+
+    #[test]
+    fn concurrent_records_keep_exact_totals() {
+        let w = std::sync::Arc::new(CountWindow::new(64).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10_000u32 {
+                        w.record(Sample { failure: (i + t) % 3 == 0, slow: i % 5 == 0 });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Whatever interleaving happened, the totals equal the slots' contents.
+        let expected = w.slots.iter().fold(WindowSnapshot::default(), |mut acc, s| {
+            let v = s.load(Ordering::Relaxed);
+            acc.calls += u32::from(v & SLOT_CALL != 0);
+            acc.failures += u32::from(v & SLOT_FAILURE != 0);
+            acc.slow += u32::from(v & SLOT_SLOW != 0);
+            acc
+        });
+        assert_eq!(w.snapshot(), expected);
+        assert_eq!(expected.calls, 64);
+    }
+
+    proptest! {
+        #[test]
+        fn count_window_matches_a_vec_model(size in 1u32..20, calls in proptest::collection::vec((any::<bool>(), any::<bool>()), 0..200)) {
+            let w = CountWindow::new(size).unwrap();
+            let mut model: std::collections::VecDeque<Sample> = Default::default();
+            for (failure, slow) in calls {
+                let s = Sample { failure, slow };
+                let got = w.record(s);
+                model.push_back(s);
+                if model.len() > size as usize { model.pop_front(); }
+                let want = WindowSnapshot {
+                    calls: model.len() as u32,
+                    failures: model.iter().filter(|s| s.failure).count() as u32,
+                    slow: model.iter().filter(|s| s.slow).count() as u32,
+                };
+                prop_assert_eq!(got, want);
+            }
+        }
+
+        #[test]
+        fn time_window_matches_a_model(buckets in 1u32..12, steps in proptest::collection::vec((0u64..3_000, any::<bool>()), 0..150)) {
+            let width = 1_000u64;
+            let w = TimeWindow::new(buckets, width).unwrap();
+            let mut now = 0u64;
+            let mut model: Vec<(u64, bool)> = Vec::new();
+            for (dt, failure) in steps {
+                now += dt;
+                w.record(now, Sample { failure, slow: false });
+                model.push((now, failure));
+                let tick = now / width;
+                let lo = (tick + 1).saturating_sub(u64::from(buckets));
+                let live: Vec<_> = model.iter().filter(|(t, _)| t / width >= lo).collect();
+                let snap = w.snapshot(now);
+                prop_assert_eq!(snap.calls as usize, live.len());
+                prop_assert_eq!(snap.failures as usize, live.iter().filter(|(_, f)| *f).count());
+            }
+        }
+    }
+}
