@@ -235,7 +235,10 @@ mod tests {
         let timeout = Error::from(Rejection::new(RejectionKind::Timeout));
         assert_eq!(all(Err(&timeout)), Outcome::Failure(FailureReason::TIMEOUT));
         let none = Rejection::new(RejectionKind::NoEndpoints);
-        assert_eq!(all(Err(&none)), Outcome::Failure(FailureReason::NO_ENDPOINTS));
+        assert_eq!(
+            all(Err(&none)),
+            Outcome::Failure(FailureReason::NO_ENDPOINTS)
+        );
     }
 
     #[test]
@@ -258,10 +261,14 @@ mod tests {
         assert_eq!(status(302), Outcome::Success);
         assert_eq!(status(404), Outcome::Ignored);
         assert_eq!(status(400), Outcome::Ignored);
-        assert_eq!(status(429), Outcome::Failure(FailureReason::TOO_MANY_REQUESTS));
+        assert_eq!(
+            status(429),
+            Outcome::Failure(FailureReason::TOO_MANY_REQUESTS)
+        );
         assert_eq!(status(500), Outcome::Failure(FailureReason::SERVER_ERROR));
         assert_eq!(status(503), Outcome::Failure(FailureReason::SERVER_ERROR));
-        let transport = Classify::<http::Response<()>, _>::classify(&c, Err(&std::io::Error::other("refused")));
+        let transport =
+            Classify::<http::Response<()>, _>::classify(&c, Err(&std::io::Error::other("refused")));
         assert_eq!(transport, Outcome::Failure(FailureReason::TRANSPORT));
     }
 }

@@ -60,6 +60,9 @@ mod tests {
             e.to_string(),
             "downstreams.customer.breaker.failure_rate_threshold: 1.5 is not within 0..=1"
         );
-        assert_eq!(e.field(), "downstreams.customer.breaker.failure_rate_threshold");
+        assert_eq!(
+            e.field(),
+            "downstreams.customer.breaker.failure_rate_threshold"
+        );
     }
 }

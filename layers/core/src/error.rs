@@ -231,7 +231,10 @@ impl Error {
         if let Some(own) = any.downcast_mut::<Option<Error>>().and_then(Option::take) {
             return own;
         }
-        if let Some(rejection) = any.downcast_mut::<Option<Rejection>>().and_then(Option::take) {
+        if let Some(rejection) = any
+            .downcast_mut::<Option<Rejection>>()
+            .and_then(Option::take)
+        {
             return Error::Rejected(rejection);
         }
         match slot {
@@ -401,7 +404,8 @@ mod tests {
     #[cfg(feature = "http")]
     #[test]
     fn becomes_an_http_response() {
-        let r = Rejection::new(RejectionKind::RateLimited).with_retry_after(Duration::from_millis(1200));
+        let r = Rejection::new(RejectionKind::RateLimited)
+            .with_retry_after(Duration::from_millis(1200));
         let resp: http::Response<()> = r.to_http_response();
         assert_eq!(resp.status(), 429);
         assert_eq!(resp.headers()["retry-after"], "2");

@@ -46,14 +46,14 @@ pub mod observe;
 mod sync;
 pub mod window;
 
+#[cfg(feature = "http")]
+pub use classify::HttpClassifier;
 pub use classify::{
     AllErrorsFail, Classify, ClassifyFn, FailureReason, Outcome, Verdict, classify_fn,
 };
-#[cfg(feature = "http")]
-pub use classify::HttpClassifier;
 pub use clock::Clock;
 pub use config::ConfigError;
-pub use error::{BoxError, Error, Rejection, RejectionKind, rejection_of};
-pub use name::{Name, NameError};
 #[cfg(feature = "http")]
 pub use error::REJECTION_HEADER;
+pub use error::{BoxError, Error, Rejection, RejectionKind, rejection_of};
+pub use name::{Name, NameError};

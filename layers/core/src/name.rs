@@ -89,9 +89,15 @@ mod tests {
 
     #[test]
     fn accepts_label_safe_names_only() {
-        assert_eq!(Name::new("customer-v2.eu_1").unwrap().as_str(), "customer-v2.eu_1");
+        assert_eq!(
+            Name::new("customer-v2.eu_1").unwrap().as_str(),
+            "customer-v2.eu_1"
+        );
         assert_eq!(Name::new(""), Err(NameError::Empty));
-        assert!(matches!(Name::new(&"a".repeat(65)), Err(NameError::TooLong(_))));
+        assert!(matches!(
+            Name::new(&"a".repeat(65)),
+            Err(NameError::TooLong(_))
+        ));
         let err = Name::new("cust omer").unwrap_err();
         assert_eq!(
             err.to_string(),

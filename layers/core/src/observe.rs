@@ -140,7 +140,10 @@ impl MetricScope {
 
     fn key(&self, name: String, extra: &[(&'static str, &'static str)]) -> Key {
         let mut labels = Vec::with_capacity(1 + extra.len());
-        labels.push(Label::new("downstream", self.downstream.as_str().to_owned()));
+        labels.push(Label::new(
+            "downstream",
+            self.downstream.as_str().to_owned(),
+        ));
         labels.extend(extra.iter().map(|(k, v)| Label::new(*k, *v)));
         Key::from_parts(name, labels)
     }
@@ -310,7 +313,10 @@ mod tests {
                     .find(|l| l.key() == "color")
                     .map(|l| l.value().to_owned())
                     .unwrap();
-                assert!(key.labels().any(|l| l.key() == "downstream" && l.value() == "svc"));
+                assert!(
+                    key.labels()
+                        .any(|l| l.key() == "downstream" && l.value() == "svc")
+                );
                 let v = match value {
                     DebugValue::Counter(c) => c.to_string(),
                     DebugValue::Gauge(g) => g.into_inner().to_string(),
@@ -325,8 +331,16 @@ mod tests {
             vec![
                 ("palisade_test_lit".into(), "blue".into(), "0".into()),
                 ("palisade_test_lit".into(), "red".into(), "1".into()),
-                ("palisade_test_paints_total".into(), "blue".into(), "2".into()),
-                ("palisade_test_paints_total".into(), "red".into(), "0".into()),
+                (
+                    "palisade_test_paints_total".into(),
+                    "blue".into(),
+                    "2".into()
+                ),
+                (
+                    "palisade_test_paints_total".into(),
+                    "red".into(),
+                    "0".into()
+                ),
             ]
         );
     }

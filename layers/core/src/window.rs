@@ -248,8 +248,7 @@ impl TimeWindow {
                 // The bucket holds an older rotation (or nothing): start it afresh.
                 tag | add
             };
-            match bucket.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed)
-            {
+            match bucket.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(actual) => current = actual,
             }
@@ -306,11 +305,25 @@ mod tests {
         for s in [FAIL, FAIL, OK, OK] {
             w.record(s);
         }
-        assert_eq!(w.snapshot(), WindowSnapshot { calls: 4, failures: 2, slow: 0 });
+        assert_eq!(
+            w.snapshot(),
+            WindowSnapshot {
+                calls: 4,
+                failures: 2,
+                slow: 0
+            }
+        );
         // Two more successes push both failures out.
         w.record(OK);
         let after = w.record(SLOW);
-        assert_eq!(after, WindowSnapshot { calls: 4, failures: 0, slow: 1 });
+        assert_eq!(
+            after,
+            WindowSnapshot {
+                calls: 4,
+                failures: 0,
+                slow: 1
+            }
+        );
         assert_eq!(after.slow_rate(), 0.25);
         w.reset();
         assert_eq!(w.snapshot(), WindowSnapshot::default());
@@ -326,9 +339,18 @@ mod tests {
     #[test]
     fn signed_fields_decode_exactly() {
         // A removal applied before its matching addition leaves a field at -1.
-        let word = 0u64.wrapping_sub(packed(SLOT_CALL | SLOT_FAILURE)).wrapping_add(packed(SLOT_CALL | SLOT_SLOW));
+        let word = 0u64
+            .wrapping_sub(packed(SLOT_CALL | SLOT_FAILURE))
+            .wrapping_add(packed(SLOT_CALL | SLOT_SLOW));
         assert_eq!(unpack(word), [0, -1, 1]);
-        assert_eq!(snapshot_of(word), WindowSnapshot { calls: 0, failures: 0, slow: 0 });
+        assert_eq!(
+            snapshot_of(word),
+            WindowSnapshot {
+                calls: 0,
+                failures: 0,
+                slow: 0
+            }
+        );
     }
 
     #[test]
@@ -339,12 +361,33 @@ mod tests {
         w.record(0, FAIL);
         w.record(s / 2, OK);
         w.record(5 * s, FAIL);
-        assert_eq!(w.snapshot(9 * s), WindowSnapshot { calls: 3, failures: 2, slow: 0 });
+        assert_eq!(
+            w.snapshot(9 * s),
+            WindowSnapshot {
+                calls: 3,
+                failures: 2,
+                slow: 0
+            }
+        );
         // At t=10s the first bucket [0,1s) has left the window.
-        assert_eq!(w.snapshot(10 * s), WindowSnapshot { calls: 1, failures: 1, slow: 0 });
+        assert_eq!(
+            w.snapshot(10 * s),
+            WindowSnapshot {
+                calls: 1,
+                failures: 1,
+                slow: 0
+            }
+        );
         // Recording into a recycled bucket starts it afresh.
         w.record(10 * s, SLOW);
-        assert_eq!(w.snapshot(10 * s), WindowSnapshot { calls: 2, failures: 1, slow: 1 });
+        assert_eq!(
+            w.snapshot(10 * s),
+            WindowSnapshot {
+                calls: 2,
+                failures: 1,
+                slow: 1
+            }
+        );
         assert_eq!(w.snapshot(100 * s), WindowSnapshot::default());
         w.reset();
         assert_eq!(w.snapshot(10 * s), WindowSnapshot::default());
@@ -367,7 +410,10 @@ mod tests {
                 let w = w.clone();
                 std::thread::spawn(move || {
                     for i in 0..10_000u32 {
-                        w.record(Sample { failure: (i + t) % 3 == 0, slow: i % 5 == 0 });
+                        w.record(Sample {
+                            failure: (i + t) % 3 == 0,
+                            slow: i % 5 == 0,
+                        });
                     }
                 })
             })
@@ -376,13 +422,16 @@ mod tests {
             t.join().unwrap();
         }
         // Whatever interleaving happened, the totals equal the slots' contents.
-        let expected = w.slots.iter().fold(WindowSnapshot::default(), |mut acc, s| {
-            let v = s.load(Ordering::Relaxed);
-            acc.calls += u32::from(v & SLOT_CALL != 0);
-            acc.failures += u32::from(v & SLOT_FAILURE != 0);
-            acc.slow += u32::from(v & SLOT_SLOW != 0);
-            acc
-        });
+        let expected = w
+            .slots
+            .iter()
+            .fold(WindowSnapshot::default(), |mut acc, s| {
+                let v = s.load(Ordering::Relaxed);
+                acc.calls += u32::from(v & SLOT_CALL != 0);
+                acc.failures += u32::from(v & SLOT_FAILURE != 0);
+                acc.slow += u32::from(v & SLOT_SLOW != 0);
+                acc
+            });
         assert_eq!(w.snapshot(), expected);
         assert_eq!(expected.calls, 64);
     }

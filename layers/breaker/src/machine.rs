@@ -1,0 +1,598 @@
+//! The breaker's state machine: lock-free on the call path, serialized transitions.
+//!
+//! The state and a generation number share one atomic word. Admission in the closed
+//! state is a single load. Transitions (rare) take a small `std` mutex, write the new
+//! state's data (open deadline, probe counters, reset window) and then publish the new
+//! word with `Release`, so a reader that sees the new word also sees its data. A
+//! transition only happens if the word is still the one the deciding thread saw, so a
+//! decision made on stale data cannot win, and none is lost.
+//!
+//! Half-open probes are counted in one word `generation:32 | in_flight:16 |
+//! successes:16`, updated by compare-and-swap that checks the generation: a probe
+//! admitted in an earlier half-open period can neither take nor free a slot of a
+//! later one, so at most N probes are ever in flight.
+//!
+//! No clock is read here: callers pass `now` in nanoseconds, which keeps the machine
+//! testable under loom and on paused time.
+
+use palisade_core::window::{CountWindow, Sample, TimeWindow, WindowSnapshot};
+use palisade_core::{Outcome, Verdict};
+
+use crate::State;
+use crate::sync::{AtomicU64, Mutex, Ordering};
+
+const STATE_BITS: u32 = 3;
+const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
+
+fn word(state: State, generation: u64) -> u64 {
+    (generation << STATE_BITS) | state.code()
+}
+
+fn unword(w: u64) -> (State, u64) {
+    (State::from_code(w & STATE_MASK), w >> STATE_BITS)
+}
+
+fn probes_word(generation: u64, in_flight: u64, successes: u64) -> u64 {
+    ((generation & 0xFFFF_FFFF) << 32) | ((in_flight & 0xFFFF) << 16) | (successes & 0xFFFF)
+}
+
+fn unprobes(w: u64) -> (u64, u64, u64) {
+    (w >> 32, (w >> 16) & 0xFFFF, w & 0xFFFF)
+}
+
+/// The rolling window a breaker judges by.
+#[derive(Debug)]
+pub(crate) enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+impl Window {
+    fn record(&self, now: u64, sample: Sample) -> Option<WindowSnapshot> {
+        match self {
+            Window::Count(w) => Some(w.record(sample)),
+            Window::Time(w) => {
+                w.record(now, sample);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn snapshot(&self, now: u64) -> WindowSnapshot {
+        match self {
+            Window::Count(w) => w.snapshot(),
+            Window::Time(w) => w.snapshot(now),
+        }
+    }
+
+    fn reset(&self) {
+        match self {
+            Window::Count(w) => w.reset(),
+            Window::Time(w) => w.reset(),
+        }
+    }
+
+    pub(crate) fn needs_clock(&self) -> bool {
+        matches!(self, Window::Time(_))
+    }
+}
+
+/// Thresholds and waits, changeable at runtime. Rates are stored as `f64` bits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Tunables {
+    pub(crate) failure_rate: f64,
+    pub(crate) slow_rate: f64,
+    /// 0 = slow-call detection off.
+    pub(crate) slow_call_nanos: u64,
+    pub(crate) minimum_calls: u64,
+    /// 0 = consecutive-failures mode off.
+    pub(crate) consecutive_failures: u64,
+    pub(crate) wait_nanos: u64,
+    pub(crate) wait_multiplier: f64,
+    pub(crate) max_wait_nanos: u64,
+    pub(crate) wait_jitter: f64,
+    pub(crate) probes: u64,
+    pub(crate) probe_successes: u64,
+    /// 0 = no limit on the time spent half-open.
+    pub(crate) max_half_open_nanos: u64,
+}
+
+#[derive(Debug)]
+struct Settings {
+    failure_rate: AtomicU64,
+    slow_rate: AtomicU64,
+    slow_call_nanos: AtomicU64,
+    minimum_calls: AtomicU64,
+    consecutive_failures: AtomicU64,
+    wait_nanos: AtomicU64,
+    wait_multiplier: AtomicU64,
+    max_wait_nanos: AtomicU64,
+    wait_jitter: AtomicU64,
+    probes: AtomicU64,
+    probe_successes: AtomicU64,
+    max_half_open_nanos: AtomicU64,
+}
+
+impl Settings {
+    fn new(t: &Tunables) -> Self {
+        let s = Settings {
+            failure_rate: AtomicU64::new(0),
+            slow_rate: AtomicU64::new(0),
+            slow_call_nanos: AtomicU64::new(0),
+            minimum_calls: AtomicU64::new(0),
+            consecutive_failures: AtomicU64::new(0),
+            wait_nanos: AtomicU64::new(0),
+            wait_multiplier: AtomicU64::new(0),
+            max_wait_nanos: AtomicU64::new(0),
+            wait_jitter: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
+            probe_successes: AtomicU64::new(0),
+            max_half_open_nanos: AtomicU64::new(0),
+        };
+        s.store(t);
+        s
+    }
+
+    fn store(&self, t: &Tunables) {
+        let r = Ordering::Relaxed;
+        self.failure_rate.store(t.failure_rate.to_bits(), r);
+        self.slow_rate.store(t.slow_rate.to_bits(), r);
+        self.slow_call_nanos.store(t.slow_call_nanos, r);
+        self.minimum_calls.store(t.minimum_calls, r);
+        self.consecutive_failures.store(t.consecutive_failures, r);
+        self.wait_nanos.store(t.wait_nanos, r);
+        self.wait_multiplier.store(t.wait_multiplier.to_bits(), r);
+        self.max_wait_nanos.store(t.max_wait_nanos, r);
+        self.wait_jitter.store(t.wait_jitter.to_bits(), r);
+        self.probes.store(t.probes, r);
+        self.probe_successes.store(t.probe_successes, r);
+        self.max_half_open_nanos.store(t.max_half_open_nanos, r);
+    }
+
+    fn load(&self) -> Tunables {
+        let r = Ordering::Relaxed;
+        Tunables {
+            failure_rate: f64::from_bits(self.failure_rate.load(r)),
+            slow_rate: f64::from_bits(self.slow_rate.load(r)),
+            slow_call_nanos: self.slow_call_nanos.load(r),
+            minimum_calls: self.minimum_calls.load(r),
+            consecutive_failures: self.consecutive_failures.load(r),
+            wait_nanos: self.wait_nanos.load(r),
+            wait_multiplier: f64::from_bits(self.wait_multiplier.load(r)),
+            max_wait_nanos: self.max_wait_nanos.load(r),
+            wait_jitter: f64::from_bits(self.wait_jitter.load(r)),
+            probes: self.probes.load(r),
+            probe_successes: self.probe_successes.load(r),
+            max_half_open_nanos: self.max_half_open_nanos.load(r),
+        }
+    }
+}
+
+/// What admission decided for one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ticket {
+    /// Admitted while closed, in this generation.
+    Closed { generation: u64 },
+    /// Admitted as a half-open probe, in this generation; its slot must be freed.
+    Probe { generation: u64 },
+    /// Admitted in metrics-only mode: recorded, never trips.
+    Record,
+    /// Admitted while disabled: nothing recorded.
+    Pass,
+    /// Refused: the state, and for `Open` the nanoseconds until half-open.
+    Refused {
+        state: State,
+        retry_after_nanos: Option<u64>,
+    },
+}
+
+/// A state change that happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Transition {
+    pub(crate) from: State,
+    pub(crate) to: State,
+    /// For transitions into `Open`: when the open wait ends (clock nanos).
+    pub(crate) open_until: Option<u64>,
+    /// For transitions into `HalfOpen`, when the half-open period must end if a
+    /// limit is set (clock nanos).
+    pub(crate) half_open_until: Option<u64>,
+}
+
+/// Up to two transitions reported by one operation (e.g. open → half-open → open).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Transitions {
+    items: [Option<Transition>; 2],
+}
+
+impl Transitions {
+    fn push(&mut self, t: Option<Transition>) {
+        if let Some(t) = t {
+            if self.items[0].is_none() {
+                self.items[0] = Some(t);
+            } else {
+                self.items[1] = Some(t);
+            }
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Transition> + '_ {
+        self.items.iter().flatten().copied()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items[0].is_none()
+    }
+}
+
+/// The lock-free core of a breaker; see the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct Machine {
+    word: AtomicU64,
+    open_until: AtomicU64,
+    half_open_since: AtomicU64,
+    trips: AtomicU64,
+    probes: AtomicU64,
+    consecutive_failures: AtomicU64,
+    pub(crate) window: Window,
+    settings: Settings,
+    transition_lock: Mutex<()>,
+}
+
+impl Machine {
+    pub(crate) fn new(window: Window, tunables: &Tunables) -> Self {
+        Self {
+            word: AtomicU64::new(word(State::Closed, 0)),
+            open_until: AtomicU64::new(0),
+            half_open_since: AtomicU64::new(0),
+            trips: AtomicU64::new(0),
+            probes: AtomicU64::new(probes_word(0, 0, 0)),
+            consecutive_failures: AtomicU64::new(0),
+            window,
+            settings: Settings::new(tunables),
+            transition_lock: Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn tunables(&self) -> Tunables {
+        self.settings.load()
+    }
+
+    pub(crate) fn set_tunables(&self, t: &Tunables) {
+        self.settings.store(t);
+    }
+
+    /// The slow-call threshold in nanoseconds, if detection is on.
+    #[inline]
+    pub(crate) fn slow_call_nanos(&self) -> Option<u64> {
+        match self.settings.slow_call_nanos.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    pub(crate) fn state(&self) -> State {
+        unword(self.word.load(Ordering::Acquire)).0
+    }
+
+    /// When the current open period ends, if open.
+    pub(crate) fn open_until(&self) -> Option<u64> {
+        let (state, _) = unword(self.word.load(Ordering::Acquire));
+        (state == State::Open).then(|| self.open_until.load(Ordering::Acquire))
+    }
+
+    /// Consecutive trips since the breaker last closed.
+    pub(crate) fn trips(&self) -> u64 {
+        self.trips.load(Ordering::Relaxed)
+    }
+
+    /// Probes in flight and successes in the current half-open period.
+    pub(crate) fn probe_counts(&self) -> (u64, u64) {
+        let (_, in_flight, successes) = unprobes(self.probes.load(Ordering::Acquire));
+        (in_flight, successes)
+    }
+
+    /// Whether calls in the current state would be admitted right now (for the
+    /// closed fast path: one load).
+    #[inline]
+    pub(crate) fn closed_generation(&self) -> Option<u64> {
+        let (state, generation) = unword(self.word.load(Ordering::Acquire));
+        (state == State::Closed).then_some(generation)
+    }
+
+    /// Decides whether a call may proceed at `now`. `jitter` is a random number in
+    /// `[0, 1)` used if the call causes the breaker to reopen.
+    pub(crate) fn acquire(&self, now: u64, jitter: f64) -> (Ticket, Transitions) {
+        let mut transitions = Transitions::default();
+        loop {
+            let current = self.word.load(Ordering::Acquire);
+            let (state, generation) = unword(current);
+            match state {
+                State::Closed => return (Ticket::Closed { generation }, transitions),
+                State::Disabled => return (Ticket::Pass, transitions),
+                State::MetricsOnly => return (Ticket::Record, transitions),
+                State::ForcedOpen => {
+                    return (
+                        Ticket::Refused {
+                            state,
+                            retry_after_nanos: None,
+                        },
+                        transitions,
+                    );
+                }
+                State::Open => {
+                    let until = self.open_until.load(Ordering::Acquire);
+                    if now < until {
+                        return (
+                            Ticket::Refused {
+                                state,
+                                retry_after_nanos: Some(until - now),
+                            },
+                            transitions,
+                        );
+                    }
+                    transitions.push(self.transition(current, State::HalfOpen, now, jitter));
+                }
+                State::HalfOpen => {
+                    let t = self.tunables();
+                    let since = self.half_open_since.load(Ordering::Acquire);
+                    if t.max_half_open_nanos != 0
+                        && now >= since.saturating_add(t.max_half_open_nanos)
+                    {
+                        transitions.push(self.transition(current, State::Open, now, jitter));
+                        continue;
+                    }
+                    let mut p = self.probes.load(Ordering::Acquire);
+                    loop {
+                        let (probe_gen, in_flight, successes) = unprobes(p);
+                        if probe_gen != generation & 0xFFFF_FFFF {
+                            // The state moved on since we read it: start over.
+                            break;
+                        }
+                        if in_flight >= t.probes {
+                            return (
+                                Ticket::Refused {
+                                    state,
+                                    retry_after_nanos: None,
+                                },
+                                transitions,
+                            );
+                        }
+                        let next = probes_word(generation, in_flight + 1, successes);
+                        match self.probes.compare_exchange(
+                            p,
+                            next,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        ) {
+                            Ok(_) => return (Ticket::Probe { generation }, transitions),
+                            Err(actual) => p = actual,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Frees a probe's slot without counting it (cancelled or ignored).
+    pub(crate) fn release_probe(&self, generation: u64) {
+        self.update_probe(generation, false);
+    }
+
+    /// Frees a probe slot, counting a success if `success`. Returns the successes so
+    /// far, or `None` if the half-open period the probe belonged to is over.
+    fn update_probe(&self, generation: u64, success: bool) -> Option<u64> {
+        let mut p = self.probes.load(Ordering::Acquire);
+        loop {
+            let (probe_gen, in_flight, successes) = unprobes(p);
+            if probe_gen != generation & 0xFFFF_FFFF || in_flight == 0 {
+                return None;
+            }
+            let successes = successes + u64::from(success);
+            let next = probes_word(generation, in_flight - 1, successes);
+            match self
+                .probes
+                .compare_exchange(p, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(successes),
+                Err(actual) => p = actual,
+            }
+        }
+    }
+
+    /// Records the verdict of a call admitted with `ticket`, at `now`, and makes the
+    /// transition it causes, if any. Returns the transition and, when the window
+    /// gives one cheaply, a snapshot of it.
+    pub(crate) fn complete(
+        &self,
+        ticket: Ticket,
+        verdict: Verdict,
+        now: u64,
+        jitter: f64,
+    ) -> (Option<Transition>, Option<WindowSnapshot>) {
+        let failure = verdict.outcome.is_failure();
+        let bad = failure || verdict.slow;
+        match ticket {
+            Ticket::Closed { generation } => {
+                if verdict.outcome == Outcome::Ignored {
+                    return (None, None);
+                }
+                let snapshot = self.window.record(
+                    now,
+                    Sample {
+                        failure,
+                        slow: verdict.slow,
+                    },
+                );
+                let t = self.tunables();
+                let consecutive = if failure {
+                    self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1
+                } else {
+                    if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                        self.consecutive_failures.store(0, Ordering::Release);
+                    }
+                    0
+                };
+                if !bad {
+                    return (None, snapshot);
+                }
+                let snap = snapshot.unwrap_or_else(|| self.window.snapshot(now));
+                let trip = (t.consecutive_failures != 0 && consecutive >= t.consecutive_failures)
+                    || (snap.calls as u64 >= t.minimum_calls
+                        && (snap.failure_rate() >= t.failure_rate
+                            || (t.slow_call_nanos != 0 && snap.slow_rate() >= t.slow_rate)));
+                let transition = if trip {
+                    self.transition(word(State::Closed, generation), State::Open, now, jitter)
+                } else {
+                    None
+                };
+                (transition, Some(snap))
+            }
+            Ticket::Probe { generation } => match verdict.outcome {
+                Outcome::Ignored if !verdict.slow => {
+                    self.release_probe(generation);
+                    (None, None)
+                }
+                _ if bad => {
+                    self.release_probe(generation);
+                    let t = self.transition(
+                        word(State::HalfOpen, generation),
+                        State::Open,
+                        now,
+                        jitter,
+                    );
+                    (t, None)
+                }
+                _ => {
+                    let needed = self.tunables().probe_successes;
+                    match self.update_probe(generation, true) {
+                        Some(successes) if successes >= needed => {
+                            let t = self.transition(
+                                word(State::HalfOpen, generation),
+                                State::Closed,
+                                now,
+                                jitter,
+                            );
+                            (t, None)
+                        }
+                        _ => (None, None),
+                    }
+                }
+            },
+            Ticket::Record => {
+                if verdict.outcome == Outcome::Ignored {
+                    return (None, None);
+                }
+                let snapshot = self.window.record(
+                    now,
+                    Sample {
+                        failure,
+                        slow: verdict.slow,
+                    },
+                );
+                (
+                    None,
+                    snapshot.or_else(|| bad.then(|| self.window.snapshot(now))),
+                )
+            }
+            Ticket::Pass | Ticket::Refused { .. } => (None, None),
+        }
+    }
+
+    /// Makes the time-driven transitions due at `now` (open → half-open after the
+    /// wait, half-open → open after the max half-open time).
+    pub(crate) fn tick(&self, now: u64, jitter: f64) -> Option<Transition> {
+        let current = self.word.load(Ordering::Acquire);
+        let (state, _) = unword(current);
+        match state {
+            State::Open if now >= self.open_until.load(Ordering::Acquire) => {
+                self.transition(current, State::HalfOpen, now, jitter)
+            }
+            State::HalfOpen => {
+                let limit = self.settings.max_half_open_nanos.load(Ordering::Relaxed);
+                let since = self.half_open_since.load(Ordering::Acquire);
+                if limit != 0 && now >= since.saturating_add(limit) {
+                    self.transition(current, State::Open, now, jitter)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Moves to `to` whatever the current state (the handle's force/disable/reset).
+    pub(crate) fn force(&self, to: State, now: u64, jitter: f64) -> Option<Transition> {
+        loop {
+            let current = self.word.load(Ordering::Acquire);
+            if unword(current).0 == to && to != State::Closed {
+                return None;
+            }
+            if let Some(t) = self.transition(current, to, now, jitter) {
+                return Some(t);
+            }
+            if unword(self.word.load(Ordering::Acquire)).0 == to && to != State::Closed {
+                return None;
+            }
+        }
+    }
+
+    fn open_wait(&self, t: &Tunables, trips: u64, jitter: f64) -> u64 {
+        let exponent = trips.saturating_sub(1).min(64) as i32;
+        let grown = t.wait_nanos as f64 * t.wait_multiplier.powi(exponent);
+        let capped = grown.min(t.max_wait_nanos.max(t.wait_nanos) as f64);
+        // Jitter shortens the wait by up to `wait_jitter` of itself, so breakers that
+        // tripped together do not probe together.
+        let jittered = capped * (1.0 - t.wait_jitter * jitter.clamp(0.0, 1.0));
+        jittered.max(0.0) as u64
+    }
+
+    /// Moves from exactly `expected` to `to`, or does nothing if the word changed.
+    fn transition(&self, expected: u64, to: State, now: u64, jitter: f64) -> Option<Transition> {
+        let _guard = self
+            .transition_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.word.load(Ordering::Acquire) != expected {
+            return None;
+        }
+        let (from, generation) = unword(expected);
+        let next_gen = generation.wrapping_add(1) & (u64::MAX >> STATE_BITS);
+        let mut open_until = None;
+        let mut half_open_until = None;
+        match to {
+            State::Open => {
+                let t = self.tunables();
+                let trips = self.trips.fetch_add(1, Ordering::AcqRel) + 1;
+                let until = now.saturating_add(self.open_wait(&t, trips, jitter));
+                self.open_until.store(until, Ordering::Release);
+                open_until = Some(until);
+            }
+            State::HalfOpen => {
+                self.probes
+                    .store(probes_word(next_gen, 0, 0), Ordering::Release);
+                self.half_open_since.store(now, Ordering::Release);
+                let limit = self.settings.max_half_open_nanos.load(Ordering::Relaxed);
+                if limit != 0 {
+                    half_open_until = Some(now.saturating_add(limit));
+                }
+            }
+            State::Closed => {
+                self.window.reset();
+                self.consecutive_failures.store(0, Ordering::Release);
+                self.trips.store(0, Ordering::Release);
+            }
+            State::MetricsOnly => {
+                self.window.reset();
+                self.consecutive_failures.store(0, Ordering::Release);
+            }
+            State::ForcedOpen | State::Disabled => {}
+        }
+        self.word.store(word(to, next_gen), Ordering::Release);
+        Some(Transition {
+            from,
+            to,
+            open_until,
+            half_open_until,
+        })
+    }
+}
