@@ -85,6 +85,9 @@ pub struct BreakerConfig {
     #[serde(with = "humantime_serde")]
     pub slow_call_duration: Option<Duration>,
     /// The rates are judged only once the window holds this many calls. Default 20.
+    ///
+    /// Rates are judged when a failure or slow call is recorded and, for count
+    /// windows, also when the window first reaches this many calls.
     pub minimum_calls: u32,
     /// Also open after this many failures in a row, whatever the rates. Default: off.
     pub consecutive_failures: Option<u32>,

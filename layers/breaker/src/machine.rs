@@ -406,9 +406,14 @@ impl Machine {
         &self,
         ticket: Ticket,
         verdict: Verdict,
-        now: u64,
+        clock: impl Fn() -> u64,
         jitter: f64,
     ) -> (Option<Transition>, Option<WindowSnapshot>) {
+        // The clock is read only when the answer depends on it: a time window, a
+        // probe, or a possible trip.
+        let needs_now = self.window.needs_clock() || !matches!(ticket, Ticket::Closed { .. });
+        let early_now = needs_now.then(&clock);
+        let now = || early_now.unwrap_or_else(&clock);
         let failure = verdict.outcome.is_failure();
         let bad = failure || verdict.slow;
         match ticket {
@@ -417,7 +422,7 @@ impl Machine {
                     return (None, None);
                 }
                 let snapshot = self.window.record(
-                    now,
+                    early_now.unwrap_or(0),
                     Sample {
                         failure,
                         slow: verdict.slow,
@@ -432,16 +437,22 @@ impl Machine {
                     }
                     0
                 };
-                if !bad {
+                // Only a bad call can raise a rate, except that the call which brings
+                // a count window up to the minimum may find the rates already over a
+                // threshold. (Time windows are judged on bad calls only: reading them
+                // costs a pass over the buckets.)
+                let reached_minimum =
+                    snapshot.is_some_and(|s| u64::from(s.calls) == t.minimum_calls);
+                if !bad && !reached_minimum {
                     return (None, snapshot);
                 }
-                let snap = snapshot.unwrap_or_else(|| self.window.snapshot(now));
+                let snap = snapshot.unwrap_or_else(|| self.window.snapshot(now()));
                 let trip = (t.consecutive_failures != 0 && consecutive >= t.consecutive_failures)
                     || (snap.calls as u64 >= t.minimum_calls
                         && (snap.failure_rate() >= t.failure_rate
                             || (t.slow_call_nanos != 0 && snap.slow_rate() >= t.slow_rate)));
                 let transition = if trip {
-                    self.transition(word(State::Closed, generation), State::Open, now, jitter)
+                    self.transition(word(State::Closed, generation), State::Open, now(), jitter)
                 } else {
                     None
                 };
@@ -457,7 +468,7 @@ impl Machine {
                     let t = self.transition(
                         word(State::HalfOpen, generation),
                         State::Open,
-                        now,
+                        now(),
                         jitter,
                     );
                     (t, None)
@@ -469,7 +480,7 @@ impl Machine {
                             let t = self.transition(
                                 word(State::HalfOpen, generation),
                                 State::Closed,
-                                now,
+                                now(),
                                 jitter,
                             );
                             (t, None)
@@ -483,7 +494,7 @@ impl Machine {
                     return (None, None);
                 }
                 let snapshot = self.window.record(
-                    now,
+                    early_now.unwrap_or(0),
                     Sample {
                         failure,
                         slow: verdict.slow,
@@ -491,7 +502,7 @@ impl Machine {
                 );
                 (
                     None,
-                    snapshot.or_else(|| bad.then(|| self.window.snapshot(now))),
+                    snapshot.or_else(|| bad.then(|| self.window.snapshot(now()))),
                 )
             }
             Ticket::Pass | Ticket::Refused { .. } => (None, None),

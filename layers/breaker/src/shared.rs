@@ -103,20 +103,12 @@ impl Shared {
     /// Records a completed call.
     #[inline]
     pub(crate) fn complete(&self, ticket: Ticket, verdict: Verdict) {
-        // The clock is read only when the answer can depend on it: a time window, a
-        // probe, or a bad call that may trip the breaker.
-        let bad = verdict.outcome.is_failure() || verdict.slow;
-        let now =
-            if bad || self.machine.window.needs_clock() || !matches!(ticket, Ticket::Closed { .. })
-            {
-                self.clock.now_nanos()
-            } else {
-                0
-            };
-        let (transition, snapshot) = self.machine.complete(ticket, verdict, now, fastrand::f64());
+        let (transition, snapshot) =
+            self.machine
+                .complete(ticket, verdict, || self.clock.now_nanos(), fastrand::f64());
         if let Some(m) = &self.metrics {
             m.call(verdict.outcome, verdict.slow);
-            self.refresh_rates(m, snapshot, verdict, now);
+            self.refresh_rates(m, snapshot, verdict);
         }
         if !self.observers.is_empty() {
             self.observers.emit(&BreakerEvent::Call {
@@ -137,7 +129,6 @@ impl Shared {
         m: &BreakerMetrics,
         snapshot: Option<WindowSnapshot>,
         verdict: Verdict,
-        now: u64,
     ) {
         let bad = verdict.outcome.is_failure() || verdict.slow;
         let due = COMPLETIONS.with(|c| {
@@ -146,14 +137,8 @@ impl Shared {
             n % RATE_REFRESH_EVERY == 0
         });
         if bad || due {
-            let snap = snapshot.unwrap_or_else(|| {
-                let now = if now == 0 {
-                    self.clock.now_nanos()
-                } else {
-                    now
-                };
-                self.machine.window.snapshot(now)
-            });
+            let snap =
+                snapshot.unwrap_or_else(|| self.machine.window.snapshot(self.clock.now_nanos()));
             m.rates(snap.failure_rate(), snap.slow_rate());
         }
     }
