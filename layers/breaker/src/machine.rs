@@ -333,10 +333,13 @@ impl Machine {
                     transitions.push(self.transition(current, State::HalfOpen, now, jitter));
                 }
                 State::HalfOpen => {
-                    let t = self.tunables();
-                    let since = self.half_open_since.load(Ordering::Acquire);
-                    if t.max_half_open_nanos != 0
-                        && now >= since.saturating_add(t.max_half_open_nanos)
+                    let max_half_open = self.settings.max_half_open_nanos.load(Ordering::Relaxed);
+                    if max_half_open != 0
+                        && now
+                            >= self
+                                .half_open_since
+                                .load(Ordering::Acquire)
+                                .saturating_add(max_half_open)
                     {
                         transitions.push(self.transition(current, State::Open, now, jitter));
                         continue;
@@ -348,7 +351,7 @@ impl Machine {
                             // The state moved on since we read it: start over.
                             break;
                         }
-                        if in_flight >= t.probes {
+                        if in_flight >= self.settings.probes.load(Ordering::Relaxed) {
                             return (
                                 Ticket::Refused {
                                     state,
@@ -474,7 +477,7 @@ impl Machine {
                     (t, None)
                 }
                 _ => {
-                    let needed = self.tunables().probe_successes;
+                    let needed = self.settings.probe_successes.load(Ordering::Relaxed);
                     match self.update_probe(generation, true) {
                         Some(successes) if successes >= needed => {
                             let t = self.transition(
@@ -579,8 +582,11 @@ impl Machine {
                 open_until = Some(until);
             }
             State::HalfOpen => {
+                // A read-modify-write, not a plain store, so that it is ordered with
+                // the compare-and-swaps of probes still finishing from an earlier
+                // period (loom finds a stale release landing after a plain store).
                 self.probes
-                    .store(probes_word(next_gen, 0, 0), Ordering::Release);
+                    .swap(probes_word(next_gen, 0, 0), Ordering::AcqRel);
                 self.half_open_since.store(now, Ordering::Release);
                 let limit = self.settings.max_half_open_nanos.load(Ordering::Relaxed);
                 if limit != 0 {
@@ -605,5 +611,159 @@ impl Machine {
             open_until,
             half_open_until,
         })
+    }
+}
+
+/// Model checks of the lock-free paths under every interleaving loom can find:
+/// `cargo test -p palisade-breaker --features loom --release --lib loom_`.
+#[cfg(all(test, feature = "loom"))]
+mod loom_tests {
+    use super::*;
+    use crate::config::BreakerConfig;
+    use loom::sync::Arc;
+    use loom::sync::atomic::AtomicUsize;
+    use palisade_core::{FailureReason, Outcome, Verdict};
+
+    const FAIL: Verdict = Verdict::unmeasured(Outcome::Failure(FailureReason::ERROR));
+    const OK: Verdict = Verdict::unmeasured(Outcome::Success);
+
+    fn machine(f: impl FnOnce(&mut BreakerConfig)) -> Machine {
+        let mut c = BreakerConfig {
+            window: crate::WindowConfig::Count { size: 4 },
+            minimum_calls: 2,
+            wait_in_open: std::time::Duration::from_nanos(10),
+            max_wait_in_open: std::time::Duration::from_nanos(1000),
+            wait_jitter: 0.0,
+            half_open_probes: 1,
+            ..BreakerConfig::default()
+        };
+        f(&mut c);
+        c.validate().unwrap();
+        Machine::new(c.build_window().unwrap(), &c.tunables())
+    }
+
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        builder.max_branches = 100_000;
+        builder.check(f);
+    }
+
+    #[test]
+    fn loom_concurrent_failures_trip_exactly_once() {
+        model(|| {
+            let m = Arc::new(machine(|c| c.consecutive_failures = Some(2)));
+            let opened = Arc::new(AtomicUsize::new(0));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (m, opened) = (m.clone(), opened.clone());
+                    loom::thread::spawn(move || {
+                        let (ticket, _) = m.acquire(1, 0.0);
+                        let (t, _) = m.complete(ticket, FAIL, || 1, 0.0);
+                        if let Some(t) = t {
+                            assert_eq!((t.from, t.to), (State::Closed, State::Open));
+                            opened.fetch_add(1, Ordering::SeqCst);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            // Both failures were counted: the breaker opened, exactly once.
+            assert_eq!(m.state(), State::Open);
+            assert_eq!(opened.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    #[test]
+    fn loom_half_open_never_admits_more_than_n() {
+        model(|| {
+            let m = Arc::new(machine(|c| c.half_open_probes = 1));
+            m.force(State::Open, 0, 0.0);
+            m.tick(100, 0.0);
+            assert_eq!(m.state(), State::HalfOpen);
+            let in_probe = Arc::new(AtomicUsize::new(0));
+            let threads: Vec<_> = [FAIL, OK]
+                .into_iter()
+                .map(|verdict| {
+                    let (m, in_probe) = (m.clone(), in_probe.clone());
+                    loom::thread::spawn(move || {
+                        let (ticket, _) = m.acquire(100, 0.0);
+                        if let Ticket::Probe { .. } = ticket {
+                            let before = in_probe.fetch_add(1, Ordering::SeqCst);
+                            assert_eq!(before, 0, "two probes in flight with a limit of one");
+                            in_probe.fetch_sub(1, Ordering::SeqCst);
+                            m.complete(ticket, verdict, || 100, 0.0);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert!(matches!(
+                m.state(),
+                State::Open | State::HalfOpen | State::Closed
+            ));
+        });
+    }
+
+    #[test]
+    fn loom_a_stale_probe_cannot_free_a_later_slot() {
+        model(|| {
+            let m = Arc::new(machine(|c| c.half_open_probes = 1));
+            m.force(State::Open, 0, 0.0);
+            m.tick(100, 0.0);
+            let (stale, _) = m.acquire(100, 0.0);
+            let Ticket::Probe { generation } = stale else {
+                panic!("first probe must be admitted");
+            };
+            let releaser = {
+                let m = m.clone();
+                loom::thread::spawn(move || m.release_probe(generation))
+            };
+            // Meanwhile the breaker reopens and turns half-open again.
+            m.force(State::Open, 200, 0.0);
+            m.tick(10_000, 0.0);
+            let (first, _) = m.acquire(10_000, 0.0);
+            let (second, _) = m.acquire(10_000, 0.0);
+            releaser.join().unwrap();
+            let (third, _) = m.acquire(10_000, 0.0);
+            assert!(matches!(first, Ticket::Probe { .. }));
+            assert!(matches!(second, Ticket::Refused { .. }));
+            assert!(
+                matches!(third, Ticket::Refused { .. }),
+                "the stale release freed a new slot"
+            );
+        });
+    }
+
+    #[test]
+    fn loom_window_totals_match_slots() {
+        model(|| {
+            let w = Arc::new(palisade_core::window::CountWindow::new(2).unwrap());
+            let threads: Vec<_> = [true, false]
+                .into_iter()
+                .map(|failure| {
+                    let w = w.clone();
+                    loom::thread::spawn(move || {
+                        w.record(palisade_core::window::Sample {
+                            failure,
+                            slow: false,
+                        });
+                        w.record(palisade_core::window::Sample {
+                            failure,
+                            slow: false,
+                        });
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let s = w.snapshot();
+            assert_eq!(s.calls, 2);
+            assert!(s.failures <= 2);
+        });
     }
 }

@@ -1,4 +1,5 @@
 //! Property test: random sequences of call outcomes, latencies and time advances,
+#![cfg(not(feature = "loom"))]
 //! run through the real breaker on paused time and through a small reference model
 //! written from the documented rules. Every response and every state must agree.
 
@@ -98,7 +99,11 @@ impl Model {
         let slow = self.s.slow.is_some_and(|(d, _)| latency >= d);
         let failure = kind == Kind::Failure;
         let bad = failure || slow;
-        let response = if failure || kind == Kind::Ignored { Response::Failed } else { Response::Ok };
+        let response = if failure || kind == Kind::Ignored {
+            Response::Failed
+        } else {
+            Response::Ok
+        };
         if self.state == State::HalfOpen {
             if kind == Kind::Ignored && !slow {
             } else if bad {
@@ -142,19 +147,24 @@ fn settings() -> impl Strategy<Value = Settings> {
                 Just(size),
                 1..=size,
                 prop_oneof![Just(0.25), Just(0.5), Just(0.75), Just(1.0)],
-                proptest::option::of((prop_oneof![Just(50u64), Just(100)], prop_oneof![Just(0.5), Just(1.0)])),
+                proptest::option::of((
+                    prop_oneof![Just(50u64), Just(100)],
+                    prop_oneof![Just(0.5), Just(1.0)],
+                )),
                 proptest::option::of(1u32..4),
                 1u32..3,
             )
         })
-        .prop_map(|(size, minimum, threshold, slow, consecutive, probes_needed)| Settings {
-            size,
-            minimum,
-            threshold,
-            slow,
-            consecutive,
-            probes_needed,
-        })
+        .prop_map(
+            |(size, minimum, threshold, slow, consecutive, probes_needed)| Settings {
+                size,
+                minimum,
+                threshold,
+                slow,
+                consecutive,
+                probes_needed,
+            },
+        )
 }
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
@@ -194,14 +204,16 @@ async fn run_case(s: Settings, ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
     let layer = b.classify(classify_fn(classify)).build().unwrap();
     let handle: BreakerHandle = layer.handle();
-    let mut svc = layer.layer(tower::service_fn(|(kind, latency): (Kind, u64)| async move {
-        tokio::time::sleep(Duration::from_millis(latency)).await;
-        match kind {
-            Kind::Success => Ok(()),
-            Kind::Failure => Err(std::io::Error::other("boom")),
-            Kind::Ignored => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "404")),
-        }
-    }));
+    let mut svc = layer.layer(tower::service_fn(
+        |(kind, latency): (Kind, u64)| async move {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+            match kind {
+                Kind::Success => Ok(()),
+                Kind::Failure => Err(std::io::Error::other("boom")),
+                Kind::Ignored => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "404")),
+            }
+        },
+    ));
     let mut model = Model::new(s);
     let start = tokio::time::Instant::now();
     let now_ms = || start.elapsed().as_millis() as u64;

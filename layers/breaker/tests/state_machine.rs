@@ -1,4 +1,5 @@
 //! State-machine tests of the circuit breaker, on paused tokio time: every transition
+#![cfg(not(feature = "loom"))]
 //! and boundary a user relies on.
 
 use std::sync::{Arc, Mutex};
