@@ -1,1 +1,62 @@
-fn main() {}
+//! Palisade: resilience for tower services.
+//!
+//! Composable tower layers that keep a service standing when the services it calls
+//! fail — starting with a circuit breaker — all speaking one vocabulary
+//! ([`core`]): how a call's result is classified, how Palisade says "no"
+//! ([`Rejection`]), and how every layer reports to Prometheus.
+//!
+//! ```
+//! use palisade::prelude::*;
+//! use std::time::Duration;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // One breaker for the "customer" dependency.
+//! let breaker = CircuitBreakerLayer::builder("customer")
+//!     .failure_rate_threshold(0.5)
+//!     .minimum_calls(10)
+//!     .wait_in_open(Duration::from_secs(30))
+//!     .build()?;
+//!
+//! let mut customer = ServiceBuilder::new()
+//!     .layer(breaker)
+//!     .service_fn(|id: u64| async move { Ok::<_, std::io::Error>(format!("customer {id}")) });
+//!
+//! match customer.ready().await?.call(7).await {
+//!     Ok(body) => assert_eq!(body, "customer 7"),
+//!     // Palisade refused: circuit open, with a retry-after hint.
+//!     Err(e) if e.is_rejection() => println!("refused: {e}"),
+//!     // The customer service itself failed.
+//!     Err(e) => println!("customer failed: {e}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+pub use palisade_breaker as breaker;
+pub use palisade_core as core;
+
+pub use palisade_core::{
+    AllErrorsFail, BoxError, Classify, ConfigError, Error, FailureReason, Name, Outcome, Rejection,
+    RejectionKind, classify_fn,
+};
+#[cfg(feature = "http")]
+pub use palisade_core::{HttpClassifier, REJECTION_HEADER};
+
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
+
+/// The names most programs need: `use palisade::prelude::*;`.
+pub mod prelude {
+    pub use palisade_breaker::{
+        BreakerConfig, BreakerHandle, CircuitBreakerLayer, Mode, State, WindowConfig,
+    };
+    #[cfg(feature = "http")]
+    pub use palisade_core::HttpClassifier;
+    pub use palisade_core::{
+        AllErrorsFail, Classify, Error, FailureReason, Outcome, Rejection, RejectionKind,
+        classify_fn,
+    };
+}
