@@ -48,6 +48,11 @@ pub use palisade_core::{HttpClassifier, REJECTION_HEADER};
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 
+// The README's snippets are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The names most programs need: `use palisade::prelude::*;`.
 pub mod prelude {
     pub use palisade_breaker::{
