@@ -18,6 +18,8 @@
 use palisade_core::window::{CountWindow, Sample, TimeWindow, WindowSnapshot};
 use palisade_core::{Outcome, Verdict};
 
+use crossbeam_utils::CachePadded;
+
 use crate::State;
 use crate::sync::{AtomicU64, Mutex, Ordering};
 
@@ -227,29 +229,34 @@ impl Transitions {
 /// The lock-free core of a breaker; see the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct Machine {
-    word: AtomicU64,
+    /// Read by every call: on its own cache line, away from the `Arc` counts and
+    /// the window's written lines.
+    word: CachePadded<AtomicU64>,
     open_until: AtomicU64,
     half_open_since: AtomicU64,
     trips: AtomicU64,
     probes: AtomicU64,
-    consecutive_failures: AtomicU64,
+    consecutive_failures: CachePadded<AtomicU64>,
     pub(crate) window: Window,
     settings: Settings,
     transition_lock: Mutex<()>,
+    /// A random number in `[0, 1)` for jittering open waits.
+    jitter: fn() -> f64,
 }
 
 impl Machine {
-    pub(crate) fn new(window: Window, tunables: &Tunables) -> Self {
+    pub(crate) fn new(window: Window, tunables: &Tunables, jitter: fn() -> f64) -> Self {
         Self {
-            word: AtomicU64::new(word(State::Closed, 0)),
+            word: CachePadded::new(AtomicU64::new(word(State::Closed, 0))),
             open_until: AtomicU64::new(0),
             half_open_since: AtomicU64::new(0),
             trips: AtomicU64::new(0),
             probes: AtomicU64::new(probes_word(0, 0, 0)),
-            consecutive_failures: AtomicU64::new(0),
+            consecutive_failures: CachePadded::new(AtomicU64::new(0)),
             window,
             settings: Settings::new(tunables),
             transition_lock: Mutex::new(()),
+            jitter,
         }
     }
 
@@ -299,9 +306,8 @@ impl Machine {
         (state == State::Closed).then_some(generation)
     }
 
-    /// Decides whether a call may proceed at `now`. `jitter` is a random number in
-    /// `[0, 1)` used if the call causes the breaker to reopen.
-    pub(crate) fn acquire(&self, now: u64, jitter: f64) -> (Ticket, Transitions) {
+    /// Decides whether a call may proceed at `now`.
+    pub(crate) fn acquire(&self, now: u64) -> (Ticket, Transitions) {
         let mut transitions = Transitions::default();
         loop {
             let current = self.word.load(Ordering::Acquire);
@@ -330,7 +336,7 @@ impl Machine {
                             transitions,
                         );
                     }
-                    transitions.push(self.transition(current, State::HalfOpen, now, jitter));
+                    transitions.push(self.transition(current, State::HalfOpen, now));
                 }
                 State::HalfOpen => {
                     let max_half_open = self.settings.max_half_open_nanos.load(Ordering::Relaxed);
@@ -341,7 +347,7 @@ impl Machine {
                                 .load(Ordering::Acquire)
                                 .saturating_add(max_half_open)
                     {
-                        transitions.push(self.transition(current, State::Open, now, jitter));
+                        transitions.push(self.transition(current, State::Open, now));
                         continue;
                     }
                     let mut p = self.probes.load(Ordering::Acquire);
@@ -410,7 +416,6 @@ impl Machine {
         ticket: Ticket,
         verdict: Verdict,
         clock: impl Fn() -> u64,
-        jitter: f64,
     ) -> (Option<Transition>, Option<WindowSnapshot>) {
         // The clock is read only when the answer depends on it: a time window, a
         // probe, or a possible trip.
@@ -431,7 +436,6 @@ impl Machine {
                         slow: verdict.slow,
                     },
                 );
-                let t = self.tunables();
                 let consecutive = if failure {
                     self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1
                 } else {
@@ -444,18 +448,20 @@ impl Machine {
                 // a count window up to the minimum may find the rates already over a
                 // threshold. (Time windows are judged on bad calls only: reading them
                 // costs a pass over the buckets.)
-                let reached_minimum =
-                    snapshot.is_some_and(|s| u64::from(s.calls) == t.minimum_calls);
-                if !bad && !reached_minimum {
-                    return (None, snapshot);
+                if !bad {
+                    let minimum = self.settings.minimum_calls.load(Ordering::Relaxed);
+                    if !snapshot.is_some_and(|s| u64::from(s.calls) == minimum) {
+                        return (None, snapshot);
+                    }
                 }
+                let t = self.tunables();
                 let snap = snapshot.unwrap_or_else(|| self.window.snapshot(now()));
                 let trip = (t.consecutive_failures != 0 && consecutive >= t.consecutive_failures)
                     || (snap.calls as u64 >= t.minimum_calls
                         && (snap.failure_rate() >= t.failure_rate
                             || (t.slow_call_nanos != 0 && snap.slow_rate() >= t.slow_rate)));
                 let transition = if trip {
-                    self.transition(word(State::Closed, generation), State::Open, now(), jitter)
+                    self.transition(word(State::Closed, generation), State::Open, now())
                 } else {
                     None
                 };
@@ -468,12 +474,7 @@ impl Machine {
                 }
                 _ if bad => {
                     self.release_probe(generation);
-                    let t = self.transition(
-                        word(State::HalfOpen, generation),
-                        State::Open,
-                        now(),
-                        jitter,
-                    );
+                    let t = self.transition(word(State::HalfOpen, generation), State::Open, now());
                     (t, None)
                 }
                 _ => {
@@ -484,7 +485,6 @@ impl Machine {
                                 word(State::HalfOpen, generation),
                                 State::Closed,
                                 now(),
-                                jitter,
                             );
                             (t, None)
                         }
@@ -514,18 +514,18 @@ impl Machine {
 
     /// Makes the time-driven transitions due at `now` (open → half-open after the
     /// wait, half-open → open after the max half-open time).
-    pub(crate) fn tick(&self, now: u64, jitter: f64) -> Option<Transition> {
+    pub(crate) fn tick(&self, now: u64) -> Option<Transition> {
         let current = self.word.load(Ordering::Acquire);
         let (state, _) = unword(current);
         match state {
             State::Open if now >= self.open_until.load(Ordering::Acquire) => {
-                self.transition(current, State::HalfOpen, now, jitter)
+                self.transition(current, State::HalfOpen, now)
             }
             State::HalfOpen => {
                 let limit = self.settings.max_half_open_nanos.load(Ordering::Relaxed);
                 let since = self.half_open_since.load(Ordering::Acquire);
                 if limit != 0 && now >= since.saturating_add(limit) {
-                    self.transition(current, State::Open, now, jitter)
+                    self.transition(current, State::Open, now)
                 } else {
                     None
                 }
@@ -535,13 +535,13 @@ impl Machine {
     }
 
     /// Moves to `to` whatever the current state (the handle's force/disable/reset).
-    pub(crate) fn force(&self, to: State, now: u64, jitter: f64) -> Option<Transition> {
+    pub(crate) fn force(&self, to: State, now: u64) -> Option<Transition> {
         loop {
             let current = self.word.load(Ordering::Acquire);
             if unword(current).0 == to && to != State::Closed {
                 return None;
             }
-            if let Some(t) = self.transition(current, to, now, jitter) {
+            if let Some(t) = self.transition(current, to, now) {
                 return Some(t);
             }
             if unword(self.word.load(Ordering::Acquire)).0 == to && to != State::Closed {
@@ -550,7 +550,8 @@ impl Machine {
         }
     }
 
-    fn open_wait(&self, t: &Tunables, trips: u64, jitter: f64) -> u64 {
+    fn open_wait(&self, t: &Tunables, trips: u64) -> u64 {
+        let jitter = (self.jitter)();
         let exponent = trips.saturating_sub(1).min(64) as i32;
         let grown = t.wait_nanos as f64 * t.wait_multiplier.powi(exponent);
         let capped = grown.min(t.max_wait_nanos.max(t.wait_nanos) as f64);
@@ -561,7 +562,7 @@ impl Machine {
     }
 
     /// Moves from exactly `expected` to `to`, or does nothing if the word changed.
-    fn transition(&self, expected: u64, to: State, now: u64, jitter: f64) -> Option<Transition> {
+    fn transition(&self, expected: u64, to: State, now: u64) -> Option<Transition> {
         let _guard = self
             .transition_lock
             .lock()
@@ -577,7 +578,7 @@ impl Machine {
             State::Open => {
                 let t = self.tunables();
                 let trips = self.trips.fetch_add(1, Ordering::AcqRel) + 1;
-                let until = now.saturating_add(self.open_wait(&t, trips, jitter));
+                let until = now.saturating_add(self.open_wait(&t, trips));
                 self.open_until.store(until, Ordering::Release);
                 open_until = Some(until);
             }
@@ -639,7 +640,7 @@ mod loom_tests {
         };
         f(&mut c);
         c.validate().unwrap();
-        Machine::new(c.build_window().unwrap(), &c.tunables())
+        Machine::new(c.build_window().unwrap(), &c.tunables(), || 0.0)
     }
 
     fn model(f: impl Fn() + Sync + Send + 'static) {
@@ -657,8 +658,8 @@ mod loom_tests {
                 .map(|_| {
                     let (m, opened) = (m.clone(), opened.clone());
                     loom::thread::spawn(move || {
-                        let (ticket, _) = m.acquire(1, 0.0);
-                        let (t, _) = m.complete(ticket, FAIL, || 1, 0.0);
+                        let (ticket, _) = m.acquire(1);
+                        let (t, _) = m.complete(ticket, FAIL, || 1);
                         if let Some(t) = t {
                             assert_eq!((t.from, t.to), (State::Closed, State::Open));
                             opened.fetch_add(1, Ordering::SeqCst);
@@ -679,8 +680,8 @@ mod loom_tests {
     fn loom_half_open_never_admits_more_than_n() {
         model(|| {
             let m = Arc::new(machine(|c| c.half_open_probes = 1));
-            m.force(State::Open, 0, 0.0);
-            m.tick(100, 0.0);
+            m.force(State::Open, 0);
+            m.tick(100);
             assert_eq!(m.state(), State::HalfOpen);
             let in_probe = Arc::new(AtomicUsize::new(0));
             let threads: Vec<_> = [FAIL, OK]
@@ -688,12 +689,12 @@ mod loom_tests {
                 .map(|verdict| {
                     let (m, in_probe) = (m.clone(), in_probe.clone());
                     loom::thread::spawn(move || {
-                        let (ticket, _) = m.acquire(100, 0.0);
+                        let (ticket, _) = m.acquire(100);
                         if let Ticket::Probe { .. } = ticket {
                             let before = in_probe.fetch_add(1, Ordering::SeqCst);
                             assert_eq!(before, 0, "two probes in flight with a limit of one");
                             in_probe.fetch_sub(1, Ordering::SeqCst);
-                            m.complete(ticket, verdict, || 100, 0.0);
+                            m.complete(ticket, verdict, || 100);
                         }
                     })
                 })
@@ -712,9 +713,9 @@ mod loom_tests {
     fn loom_a_stale_probe_cannot_free_a_later_slot() {
         model(|| {
             let m = Arc::new(machine(|c| c.half_open_probes = 1));
-            m.force(State::Open, 0, 0.0);
-            m.tick(100, 0.0);
-            let (stale, _) = m.acquire(100, 0.0);
+            m.force(State::Open, 0);
+            m.tick(100);
+            let (stale, _) = m.acquire(100);
             let Ticket::Probe { generation } = stale else {
                 panic!("first probe must be admitted");
             };
@@ -723,12 +724,12 @@ mod loom_tests {
                 loom::thread::spawn(move || m.release_probe(generation))
             };
             // Meanwhile the breaker reopens and turns half-open again.
-            m.force(State::Open, 200, 0.0);
-            m.tick(10_000, 0.0);
-            let (first, _) = m.acquire(10_000, 0.0);
-            let (second, _) = m.acquire(10_000, 0.0);
+            m.force(State::Open, 200);
+            m.tick(10_000);
+            let (first, _) = m.acquire(10_000);
+            let (second, _) = m.acquire(10_000);
             releaser.join().unwrap();
-            let (third, _) = m.acquire(10_000, 0.0);
+            let (third, _) = m.acquire(10_000);
             assert!(matches!(first, Ticket::Probe { .. }));
             assert!(matches!(second, Ticket::Refused { .. }));
             assert!(

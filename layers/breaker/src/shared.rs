@@ -54,7 +54,7 @@ impl Shared {
     ) -> Result<Arc<Self>, palisade_core::ConfigError> {
         config.validate()?;
         let window = config.build_window()?;
-        let machine = Machine::new(window, &config.tunables());
+        let machine = Machine::new(window, &config.tunables(), fastrand::f64);
         if let Some(m) = &metrics {
             m.breaker_created();
         }
@@ -77,9 +77,7 @@ impl Shared {
         if let Some(generation) = self.machine.closed_generation() {
             return Ticket::Closed { generation };
         }
-        let (ticket, transitions) = self
-            .machine
-            .acquire(self.clock.now_nanos(), fastrand::f64());
+        let (ticket, transitions) = self.machine.acquire(self.clock.now_nanos());
         self.report(transitions);
         ticket
     }
@@ -103,9 +101,9 @@ impl Shared {
     /// Records a completed call.
     #[inline]
     pub(crate) fn complete(&self, ticket: Ticket, verdict: Verdict) {
-        let (transition, snapshot) =
-            self.machine
-                .complete(ticket, verdict, || self.clock.now_nanos(), fastrand::f64());
+        let (transition, snapshot) = self
+            .machine
+            .complete(ticket, verdict, || self.clock.now_nanos());
         if let Some(m) = &self.metrics {
             m.call(verdict.outcome, verdict.slow);
             self.refresh_rates(m, snapshot, verdict);
@@ -153,17 +151,14 @@ impl Shared {
 
     /// Makes time-driven transitions due now.
     pub(crate) fn tick(&self) {
-        if let Some(t) = self.machine.tick(self.clock.now_nanos(), fastrand::f64()) {
+        if let Some(t) = self.machine.tick(self.clock.now_nanos()) {
             self.report_one(t);
         }
     }
 
     /// Moves to `to` by hand.
     pub(crate) fn force(&self, to: State) {
-        if let Some(t) = self
-            .machine
-            .force(to, self.clock.now_nanos(), fastrand::f64())
-        {
+        if let Some(t) = self.machine.force(to, self.clock.now_nanos()) {
             self.report_one(t);
         }
     }
