@@ -76,6 +76,7 @@ pub struct BreakerConfig {
     /// The window calls are judged over. Default: the last 100 calls.
     pub window: WindowConfig,
     /// Open when failures ÷ calls in the window reach this, `0..=1`. Default 0.5.
+    /// (0 opens on the first failure once the window holds the minimum calls.)
     pub failure_rate_threshold: f64,
     /// Open when slow calls ÷ calls reach this, `0..=1`. Default 1.0. Needs
     /// `slow_call_duration`.

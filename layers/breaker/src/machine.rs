@@ -43,6 +43,9 @@ fn unprobes(w: u64) -> (u64, u64, u64) {
 }
 
 /// The rolling window a breaker judges by.
+// One per breaker, inside its `Arc`: the padded count window's size costs nothing,
+// while boxing it would add a pointer chase to every call.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Window {
     Count(CountWindow),
@@ -50,6 +53,7 @@ pub(crate) enum Window {
 }
 
 impl Window {
+    #[inline]
     fn record(&self, now: u64, sample: Sample) -> Option<WindowSnapshot> {
         match self {
             Window::Count(w) => Some(w.record(sample)),
@@ -74,6 +78,7 @@ impl Window {
         }
     }
 
+    #[inline]
     pub(crate) fn needs_clock(&self) -> bool {
         matches!(self, Window::Time(_))
     }
@@ -411,6 +416,7 @@ impl Machine {
     /// Records the verdict of a call admitted with `ticket`, at `now`, and makes the
     /// transition it causes, if any. Returns the transition and, when the window
     /// gives one cheaply, a snapshot of it.
+    #[inline]
     pub(crate) fn complete(
         &self,
         ticket: Ticket,
@@ -450,7 +456,10 @@ impl Machine {
                 // costs a pass over the buckets.)
                 if !bad {
                     let minimum = self.settings.minimum_calls.load(Ordering::Relaxed);
-                    if !snapshot.is_some_and(|s| u64::from(s.calls) == minimum) {
+                    let may_trip = snapshot.is_some_and(|s| {
+                        u64::from(s.calls) == minimum && (s.failures > 0 || s.slow > 0)
+                    });
+                    if !may_trip {
                         return (None, snapshot);
                     }
                 }
@@ -458,8 +467,10 @@ impl Machine {
                 let snap = snapshot.unwrap_or_else(|| self.window.snapshot(now()));
                 let trip = (t.consecutive_failures != 0 && consecutive >= t.consecutive_failures)
                     || (snap.calls as u64 >= t.minimum_calls
-                        && (snap.failure_rate() >= t.failure_rate
-                            || (t.slow_call_nanos != 0 && snap.slow_rate() >= t.slow_rate)));
+                        && ((snap.failures > 0 && snap.failure_rate() >= t.failure_rate)
+                            || (t.slow_call_nanos != 0
+                                && snap.slow > 0
+                                && snap.slow_rate() >= t.slow_rate)));
                 let transition = if trip {
                     self.transition(word(State::Closed, generation), State::Open, now())
                 } else {

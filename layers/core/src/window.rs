@@ -36,11 +36,13 @@ pub struct WindowSnapshot {
 
 impl WindowSnapshot {
     /// Failures ÷ calls (0 with no calls).
+    #[inline]
     pub fn failure_rate(&self) -> f64 {
         ratio(self.failures, self.calls)
     }
 
     /// Slow calls ÷ calls (0 with no calls).
+    #[inline]
     pub fn slow_rate(&self) -> f64 {
         ratio(self.slow, self.calls)
     }
@@ -65,6 +67,7 @@ const SLOT_SLOW: u8 = 4;
 const FIELD_BITS: u32 = 21;
 const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
 
+#[inline]
 fn slot_of(sample: Sample) -> u8 {
     SLOT_CALL
         | if sample.failure { SLOT_FAILURE } else { 0 }
@@ -73,6 +76,7 @@ fn slot_of(sample: Sample) -> u8 {
 
 /// The slot's contribution to the totals word: calls, failures and slow calls in
 /// three 21-bit fields.
+#[inline]
 fn packed(slot: u8) -> u64 {
     let calls = u64::from(slot & SLOT_CALL != 0);
     let failures = u64::from(slot & SLOT_FAILURE != 0);
@@ -85,6 +89,7 @@ fn packed(slot: u8) -> u64 {
 /// addition, so a field may be briefly negative; the word as a whole is always the
 /// exact sum of the deltas applied, and decoding field by field (carrying each
 /// field's sign into the next) recovers the true, possibly negative, counts.
+#[inline]
 fn unpack(word: u64) -> [i64; 3] {
     let mut rest = word;
     let mut out = [0i64; 3];
@@ -98,6 +103,7 @@ fn unpack(word: u64) -> [i64; 3] {
     out
 }
 
+#[inline]
 fn snapshot_of(word: u64) -> WindowSnapshot {
     let [calls, failures, slow] = unpack(word);
     let clamp = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
