@@ -53,10 +53,12 @@ pub(crate) enum Window {
 }
 
 impl Window {
+    /// Records a call; for a count window, also returns the counts and whether they
+    /// changed.
     #[inline]
-    fn record(&self, now: u64, sample: Sample) -> Option<WindowSnapshot> {
+    fn record(&self, now: u64, sample: Sample) -> Option<(WindowSnapshot, bool)> {
         match self {
-            Window::Count(w) => Some(w.record(sample)),
+            Window::Count(w) => Some(w.record_detailed(sample)),
             Window::Time(w) => {
                 w.record(now, sample);
                 None
@@ -191,6 +193,17 @@ pub(crate) enum Ticket {
         state: State,
         retry_after_nanos: Option<u64>,
     },
+}
+
+/// What a completed call tells about the window's rates, for the rate gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rates {
+    /// The window did not change.
+    Unchanged,
+    /// The window's counts now.
+    Known(WindowSnapshot),
+    /// The window changed but reading it would cost a pass over its buckets.
+    Unknown,
 }
 
 /// A state change that happened.
@@ -422,7 +435,7 @@ impl Machine {
         ticket: Ticket,
         verdict: Verdict,
         clock: impl Fn() -> u64,
-    ) -> (Option<Transition>, Option<WindowSnapshot>) {
+    ) -> (Option<Transition>, Rates) {
         // The clock is read only when the answer depends on it: a time window, a
         // probe, or a possible trip.
         let needs_now = self.window.needs_clock() || !matches!(ticket, Ticket::Closed { .. });
@@ -430,18 +443,16 @@ impl Machine {
         let now = || early_now.unwrap_or_else(&clock);
         let failure = verdict.outcome.is_failure();
         let bad = failure || verdict.slow;
+        let sample = Sample {
+            failure,
+            slow: verdict.slow,
+        };
         match ticket {
             Ticket::Closed { generation } => {
                 if verdict.outcome == Outcome::Ignored {
-                    return (None, None);
+                    return (None, Rates::Unchanged);
                 }
-                let snapshot = self.window.record(
-                    early_now.unwrap_or(0),
-                    Sample {
-                        failure,
-                        slow: verdict.slow,
-                    },
-                );
+                let recorded = self.window.record(early_now.unwrap_or(0), sample);
                 let consecutive = if failure {
                     self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1
                 } else {
@@ -455,16 +466,23 @@ impl Machine {
                 // threshold. (Time windows are judged on bad calls only: reading them
                 // costs a pass over the buckets.)
                 if !bad {
-                    let minimum = self.settings.minimum_calls.load(Ordering::Relaxed);
-                    let may_trip = snapshot.is_some_and(|s| {
-                        u64::from(s.calls) == minimum && (s.failures > 0 || s.slow > 0)
-                    });
+                    let rates = match recorded {
+                        Some((_, false)) => return (None, Rates::Unchanged),
+                        Some((snap, true)) => snap,
+                        None => return (None, Rates::Unknown),
+                    };
+                    let may_trip = (rates.failures > 0 || rates.slow > 0)
+                        && u64::from(rates.calls)
+                            == self.settings.minimum_calls.load(Ordering::Relaxed);
                     if !may_trip {
-                        return (None, snapshot);
+                        return (None, Rates::Known(rates));
                     }
                 }
                 let t = self.tunables();
-                let snap = snapshot.unwrap_or_else(|| self.window.snapshot(now()));
+                let snap = match recorded {
+                    Some((snap, _)) => snap,
+                    None => self.window.snapshot(now()),
+                };
                 let trip = (t.consecutive_failures != 0 && consecutive >= t.consecutive_failures)
                     || (snap.calls as u64 >= t.minimum_calls
                         && ((snap.failures > 0 && snap.failure_rate() >= t.failure_rate)
@@ -476,17 +494,17 @@ impl Machine {
                 } else {
                     None
                 };
-                (transition, Some(snap))
+                (transition, Rates::Known(snap))
             }
             Ticket::Probe { generation } => match verdict.outcome {
                 Outcome::Ignored if !verdict.slow => {
                     self.release_probe(generation);
-                    (None, None)
+                    (None, Rates::Unchanged)
                 }
                 _ if bad => {
                     self.release_probe(generation);
                     let t = self.transition(word(State::HalfOpen, generation), State::Open, now());
-                    (t, None)
+                    (t, Rates::Unchanged)
                 }
                 _ => {
                     let needed = self.settings.probe_successes.load(Ordering::Relaxed);
@@ -497,29 +515,25 @@ impl Machine {
                                 State::Closed,
                                 now(),
                             );
-                            (t, None)
+                            (t, Rates::Unchanged)
                         }
-                        _ => (None, None),
+                        _ => (None, Rates::Unchanged),
                     }
                 }
             },
             Ticket::Record => {
                 if verdict.outcome == Outcome::Ignored {
-                    return (None, None);
+                    return (None, Rates::Unchanged);
                 }
-                let snapshot = self.window.record(
-                    early_now.unwrap_or(0),
-                    Sample {
-                        failure,
-                        slow: verdict.slow,
-                    },
-                );
-                (
-                    None,
-                    snapshot.or_else(|| bad.then(|| self.window.snapshot(now()))),
-                )
+                let rates = match self.window.record(early_now.unwrap_or(0), sample) {
+                    Some((_, false)) => Rates::Unchanged,
+                    Some((snap, true)) => Rates::Known(snap),
+                    None if bad => Rates::Known(self.window.snapshot(now())),
+                    None => Rates::Unknown,
+                };
+                (None, rates)
             }
-            Ticket::Pass | Ticket::Refused { .. } => (None, None),
+            Ticket::Pass | Ticket::Refused { .. } => (None, Rates::Unchanged),
         }
     }
 

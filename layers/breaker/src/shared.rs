@@ -6,13 +6,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use palisade_core::observe::Observers;
-use palisade_core::window::WindowSnapshot;
 use palisade_core::{Clock, Name, Rejection, RejectionKind, Verdict};
 use tokio::sync::Notify;
 
 use crate::State;
 use crate::config::{BreakerConfig, Mode};
-use crate::machine::{Machine, Ticket, Transition, Transitions};
+use crate::machine::{Machine, Rates, Ticket, Transition, Transitions};
 use crate::metrics::{BreakerEvent, BreakerMetrics};
 
 /// How often (in completed calls per thread) the rate gauges are refreshed when no
@@ -101,12 +100,12 @@ impl Shared {
     /// Records a completed call.
     #[inline]
     pub(crate) fn complete(&self, ticket: Ticket, verdict: Verdict) {
-        let (transition, snapshot) = self
+        let (transition, rates) = self
             .machine
             .complete(ticket, verdict, || self.clock.now_nanos());
         if let Some(m) = &self.metrics {
             m.call(verdict.outcome, verdict.slow);
-            self.refresh_rates(m, snapshot, verdict);
+            self.refresh_rates(m, rates);
         }
         if !self.observers.is_empty() {
             self.observers.emit(&BreakerEvent::Call {
@@ -122,23 +121,27 @@ impl Shared {
         }
     }
 
-    fn refresh_rates(
-        &self,
-        m: &BreakerMetrics,
-        snapshot: Option<WindowSnapshot>,
-        verdict: Verdict,
-    ) {
-        let bad = verdict.outcome.is_failure() || verdict.slow;
-        let due = COMPLETIONS.with(|c| {
-            let n = c.get().wrapping_add(1);
-            c.set(n);
-            n % RATE_REFRESH_EVERY == 0
-        });
-        if bad || due {
-            let snap =
-                snapshot.unwrap_or_else(|| self.machine.window.snapshot(self.clock.now_nanos()));
-            m.rates(snap.failure_rate(), snap.slow_rate());
-        }
+    /// Keeps the rate gauges current: exact for count windows (refreshed whenever
+    /// the counts change), and for time windows refreshed on every bad call and every
+    /// 32nd call on each thread (reading a time window costs a pass over it).
+    #[inline]
+    fn refresh_rates(&self, m: &BreakerMetrics, rates: Rates) {
+        let snap = match rates {
+            Rates::Unchanged => return,
+            Rates::Known(snap) => snap,
+            Rates::Unknown => {
+                let due = COMPLETIONS.with(|c| {
+                    let n = c.get().wrapping_add(1);
+                    c.set(n);
+                    n % RATE_REFRESH_EVERY == 0
+                });
+                if !due {
+                    return;
+                }
+                self.machine.window.snapshot(self.clock.now_nanos())
+            }
+        };
+        m.rates(snap.failure_rate(), snap.slow_rate());
     }
 
     /// Frees a probe slot of a call that was dropped before it completed.

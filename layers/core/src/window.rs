@@ -152,17 +152,30 @@ impl CountWindow {
 
     /// Records one call, pushing the oldest out once the window is full, and returns
     /// the counts right after this call was added.
+    #[inline]
+    pub fn record(&self, sample: Sample) -> WindowSnapshot {
+        self.record_detailed(sample).0
+    }
+
+    /// As [`record`](Self::record), also saying whether the counts changed.
     ///
     /// A clean call (neither failed nor slow) recorded into a full window that holds
     /// only clean calls changes nothing, so it is not written: the healthy steady
     /// state costs one atomic load and no shared write. (It is as if the call had
     /// happened just before any concurrent recording.)
     #[inline]
-    pub fn record(&self, sample: Sample) -> WindowSnapshot {
+    pub fn record_detailed(&self, sample: Sample) -> (WindowSnapshot, bool) {
         if !sample.failure && !sample.slow {
-            let now = snapshot_of(self.totals.load(Ordering::Acquire));
-            if now.calls as usize == self.slots.len() && now.failures == 0 && now.slow == 0 {
-                return now;
+            // A full window of clean calls packs to exactly `size` (calls = size,
+            // failures = slow = 0): one load and one comparison.
+            let size = self.slots.len() as u64;
+            if self.totals.load(Ordering::Acquire) == size {
+                let full = WindowSnapshot {
+                    calls: size as u32,
+                    failures: 0,
+                    slow: 0,
+                };
+                return (full, false);
             }
         }
         let index = self.cursor.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
@@ -170,7 +183,7 @@ impl CountWindow {
         let old = self.slots[index as usize].swap(new, Ordering::AcqRel);
         let delta = packed(new).wrapping_sub(packed(old));
         let before = self.totals.fetch_add(delta, Ordering::AcqRel);
-        snapshot_of(before.wrapping_add(delta))
+        (snapshot_of(before.wrapping_add(delta)), delta != 0)
     }
 
     /// The counts now.
