@@ -89,13 +89,18 @@ where
                 let result = ready!(future.poll(cx));
                 if let Some(ticket) = ticket.take() {
                     let outcome = classify.classify(result.as_ref());
-                    let verdict = match (started, shared.machine.slow_call_nanos()) {
-                        (Some(start), Some(threshold)) => Verdict::judge(
-                            outcome,
-                            start.elapsed(),
-                            std::time::Duration::from_nanos(threshold),
-                        ),
-                        _ => Verdict::unmeasured(outcome),
+                    // The second clock read happens only for calls whose start was
+                    // read, i.e. when slow-call detection is on.
+                    let verdict = match started {
+                        Some(start) => match shared.machine.slow_call_nanos() {
+                            Some(threshold) => Verdict::judge(
+                                outcome,
+                                start.elapsed(),
+                                std::time::Duration::from_nanos(threshold),
+                            ),
+                            None => Verdict::unmeasured(outcome),
+                        },
+                        None => Verdict::unmeasured(outcome),
                     };
                     shared.complete(ticket, verdict);
                 }

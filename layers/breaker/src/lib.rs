@@ -80,3 +80,8 @@ pub use layer::{Builder, CircuitBreakerLayer};
 pub use metrics::BreakerEvent;
 pub use service::CircuitBreaker;
 pub use state::State;
+
+// The README's snippets are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
