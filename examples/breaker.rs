@@ -86,7 +86,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut item = 0;
     while start.elapsed() < RUN {
         ticker.tick().await;
-        let slot = ((start.elapsed().as_millis() / SLICE.as_millis()) as usize).min(slices.len() - 1);
+        let slot =
+            ((start.elapsed().as_millis() / SLICE.as_millis()) as usize).min(slices.len() - 1);
         let before = reached.load(Ordering::Relaxed);
         let result = inventory.ready().await?.call(item).await;
         item += 1;

@@ -7,8 +7,8 @@ use palisade_core::{BoxError, Classify, Error, Rejection, Verdict};
 use pin_project::{pin_project, pinned_drop};
 use tokio::time::Instant;
 
+use crate::lanes::Lane;
 use crate::machine::Ticket;
-use crate::shared::Shared;
 
 /// The response future of [`CircuitBreaker`](crate::CircuitBreaker): the inner call,
 /// judged and recorded when it completes, or a rejection.
@@ -25,7 +25,7 @@ enum Kind<F, C> {
     Called {
         #[pin]
         future: F,
-        shared: Arc<Shared>,
+        shared: Arc<Lane>,
         classify: C,
         ticket: Option<Ticket>,
         started: Option<Instant>,
@@ -44,7 +44,7 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 impl<F, C> ResponseFuture<F, C> {
     pub(crate) fn called(
         future: F,
-        shared: Arc<Shared>,
+        shared: Arc<Lane>,
         classify: C,
         ticket: Ticket,
         started: Option<Instant>,

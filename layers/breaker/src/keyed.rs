@@ -13,6 +13,7 @@ use tower_service::Service;
 
 use crate::config::BreakerConfig;
 use crate::future::ResponseFuture;
+use crate::lanes::Lane;
 use crate::machine::Ticket;
 use crate::metrics::{BreakerEvent, BreakerMetrics};
 use crate::shared::Shared;
@@ -26,12 +27,12 @@ struct KeyedInner {
     /// Keys are stored as 64-bit hashes with a per-process random seed, so the
     /// registry's type does not depend on the key type and a caller cannot aim
     /// collisions.
-    registry: KeyedRegistry<u64, Arc<Shared>>,
+    registry: KeyedRegistry<u64, Arc<Lane>>,
     hasher: RandomState,
 }
 
 impl KeyedInner {
-    fn breaker_for<K: Hash>(&self, key: &K) -> Arc<Shared> {
+    fn breaker_for<K: Hash>(&self, key: &K) -> Arc<Lane> {
         let hash = self.hasher.hash_one(key);
         let before = self.registry.evictions();
         let mut created = false;
@@ -45,7 +46,8 @@ impl KeyedInner {
                 self.metrics.clone(),
                 self.observers.clone(),
             )
-            .unwrap_or_else(|_| unreachable_shared(&self.name))
+            .map(|shared| Arc::new(Lane::new(shared)))
+            .unwrap_or_else(|_| Arc::new(Lane::new(unreachable_shared(&self.name))))
         });
         if created && let Some((_, evictions)) = self.metrics.as_ref().and_then(|m| m.keys.as_ref())
         {
@@ -150,7 +152,10 @@ impl<F, C> KeyedCircuitBreakerLayer<F, C> {
     /// The handle of `key`'s breaker, if the registry holds it.
     pub fn handle_for<K: Hash>(&self, key: &K) -> Option<BreakerHandle> {
         let hash = self.inner.hasher.hash_one(key);
-        self.inner.registry.get(&hash).map(BreakerHandle::new)
+        self.inner
+            .registry
+            .get(&hash)
+            .map(|lane| BreakerHandle::new(Arc::clone(lane.shared())))
     }
 
     /// Keys held now.

@@ -7,6 +7,7 @@ use tower_layer::Layer;
 
 use crate::config::{BreakerConfig, Mode, WindowConfig};
 use crate::keyed::KeyedCircuitBreakerLayer;
+use crate::lanes::Lanes;
 use crate::metrics::{BreakerEvent, BreakerMetrics};
 use crate::shared::Shared;
 use crate::{BreakerHandle, CircuitBreaker};
@@ -33,14 +34,14 @@ use crate::{BreakerHandle, CircuitBreaker};
 /// ```
 #[derive(Clone)]
 pub struct CircuitBreakerLayer<C = AllErrorsFail> {
-    shared: Arc<Shared>,
+    lanes: Lanes,
     classify: C,
 }
 
 impl<C> std::fmt::Debug for CircuitBreakerLayer<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CircuitBreakerLayer")
-            .field("shared", &self.shared)
+            .field("shared", self.lanes.shared())
             .finish_non_exhaustive()
     }
 }
@@ -67,7 +68,7 @@ impl CircuitBreakerLayer {
 impl<C> CircuitBreakerLayer<C> {
     /// A handle to the breaker.
     pub fn handle(&self) -> BreakerHandle {
-        BreakerHandle::new(Arc::clone(&self.shared))
+        BreakerHandle::new(Arc::clone(self.lanes.shared()))
     }
 }
 
@@ -75,7 +76,7 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
     type Service = CircuitBreaker<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreaker::new(inner, Arc::clone(&self.shared), self.classify.clone())
+        CircuitBreaker::new(inner, self.lanes.clone(), self.classify.clone())
     }
 }
 
@@ -223,7 +224,7 @@ impl<C> Builder<C> {
             .then(|| Arc::new(BreakerMetrics::register(&name, false)));
         let shared = Shared::new(name, self.config, metrics, Observers::new(self.observers))?;
         Ok(CircuitBreakerLayer {
-            shared,
+            lanes: Lanes::new(shared),
             classify: self.classify,
         })
     }

@@ -64,6 +64,7 @@ mod config;
 mod future;
 mod handle;
 mod keyed;
+mod lanes;
 mod layer;
 mod machine;
 pub mod metrics;
