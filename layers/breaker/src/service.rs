@@ -12,6 +12,7 @@ use crate::config::Mode;
 use crate::future::ResponseFuture;
 use crate::lanes::Lanes;
 use crate::machine::Ticket;
+use crate::shared::Shared;
 use crate::{BreakerHandle, State};
 
 /// A circuit breaker around a service; built by
@@ -27,6 +28,9 @@ use crate::{BreakerHandle, State};
 /// refused.
 pub struct CircuitBreaker<S, C = AllErrorsFail> {
     inner: S,
+    // Admission reads the state through `shared` directly; response futures take
+    // their counted handle from `lanes`, so the count stays core-local.
+    shared: Arc<Shared>,
     lanes: Lanes,
     classify: C,
     admission: Option<Admission>,
@@ -53,7 +57,7 @@ impl<S: std::fmt::Debug, C> std::fmt::Debug for CircuitBreaker<S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
-            .field("shared", self.lanes.shared())
+            .field("shared", &self.shared)
             .finish_non_exhaustive()
     }
 }
@@ -63,6 +67,7 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
         // A clone starts without an admission: it has not been made ready.
         Self {
             inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
             lanes: self.lanes.clone(),
             classify: self.classify.clone(),
             admission: None,
@@ -74,7 +79,7 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
 impl<S, C> Drop for CircuitBreaker<S, C> {
     fn drop(&mut self) {
         if let Some(Admission::Admitted(Ticket::Probe { generation })) = self.admission.take() {
-            self.lanes.shared().release_probe(generation);
+            self.shared.release_probe(generation);
         }
     }
 }
@@ -83,6 +88,7 @@ impl<S, C> CircuitBreaker<S, C> {
     pub(crate) fn new(inner: S, lanes: Lanes, classify: C) -> Self {
         Self {
             inner,
+            shared: Arc::clone(lanes.shared()),
             lanes,
             classify,
             admission: None,
@@ -92,7 +98,7 @@ impl<S, C> CircuitBreaker<S, C> {
 
     /// A handle to this service's breaker.
     pub fn handle(&self) -> BreakerHandle {
-        BreakerHandle::new(Arc::clone(self.lanes.shared()))
+        BreakerHandle::new(Arc::clone(&self.shared))
     }
 
     /// The inner service.
@@ -101,7 +107,7 @@ impl<S, C> CircuitBreaker<S, C> {
     }
 
     fn admit(&mut self) -> Admission {
-        match self.lanes.shared().acquire() {
+        match self.shared.acquire() {
             Ticket::Refused {
                 state,
                 retry_after_nanos,
@@ -127,10 +133,10 @@ impl<S, C> CircuitBreaker<S, C> {
                 }
                 self.gate = None;
                 if slept {
-                    self.lanes.shared().tick();
+                    self.shared.tick();
                 }
             }
-            match self.lanes.shared().acquire() {
+            match self.shared.acquire() {
                 Ticket::Refused { .. } => {}
                 ticket => {
                     self.admission = Some(Admission::Admitted(ticket));
@@ -139,9 +145,9 @@ impl<S, C> CircuitBreaker<S, C> {
             }
             // Refused: register for a wake-up first, then look again, so a
             // transition between the look and the wait is not missed.
-            let mut notified = Box::pin(Arc::clone(&self.lanes.shared().notify).notified_owned());
+            let mut notified = Box::pin(Arc::clone(&self.shared.notify).notified_owned());
             notified.as_mut().enable();
-            match self.lanes.shared().acquire() {
+            match self.shared.acquire() {
                 Ticket::Refused {
                     state,
                     retry_after_nanos,
@@ -173,7 +179,7 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.admission.is_none() {
-            match self.lanes.shared().mode {
+            match self.shared.mode {
                 Mode::FailFast => self.admission = Some(self.admit()),
                 Mode::Gate => {
                     if self.poll_gate(cx).is_pending() {
@@ -194,7 +200,7 @@ where
                 if let Some(Admission::Admitted(Ticket::Probe { generation })) =
                     self.admission.take()
                 {
-                    self.lanes.shared().release_probe(generation);
+                    self.shared.release_probe(generation);
                 }
                 Poll::Ready(Err(Error::from_service(e)))
             }
@@ -212,11 +218,10 @@ where
             Admission::Refused {
                 state,
                 retry_after_nanos,
-            } => ResponseFuture::rejected(self.lanes.shared().refusal(state, retry_after_nanos)),
+            } => ResponseFuture::rejected(self.shared.refusal(state, retry_after_nanos)),
             Admission::Admitted(ticket) => {
                 let started = self
-                    .lanes
-                    .shared()
+                    .shared
                     .machine
                     .slow_call_nanos()
                     .map(|_| Instant::now());
