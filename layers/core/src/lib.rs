@@ -16,6 +16,8 @@
 //! - [`window`] holds the lock-free rolling windows (count-based ring and
 //!   time-bucketed) used on the hot path.
 //! - [`keyed`] holds a bounded registry with idle eviction for per-key state.
+//! - [`Deadline`] carries the time by which a request must be answered across
+//!   layers (and, with the timeout crate's headers, across hops).
 //! - [`Clock`] reads time only through `tokio::time`, so tests can pause it.
 //!
 //! ```
@@ -39,6 +41,7 @@
 mod classify;
 mod clock;
 mod config;
+mod deadline;
 mod error;
 pub mod keyed;
 mod name;
@@ -53,6 +56,7 @@ pub use classify::{
 };
 pub use clock::Clock;
 pub use config::ConfigError;
+pub use deadline::Deadline;
 #[cfg(feature = "http")]
 pub use error::REJECTION_HEADER;
 pub use error::{BoxError, Error, Rejection, RejectionKind, rejection_of};
