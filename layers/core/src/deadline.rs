@@ -88,10 +88,20 @@ impl Deadline {
     /// current one, if that is earlier: an inner scope can shorten a deadline but
     /// never extend it.
     pub async fn scope<F: Future>(self, future: F) -> F::Output {
+        self.scoped(future).await
+    }
+
+    /// As [`scope`](Self::scope), returning a nameable future (for layers that need
+    /// to name their response future type). The effective deadline is decided now,
+    /// from the deadline current when this is called.
+    pub fn scoped<F: Future>(self, future: F) -> DeadlineScope<F> {
         let effective = match Self::current() {
             Some(outer) => outer.min(self),
             None => self,
         };
-        CURRENT.scope(effective, future).await
+        CURRENT.scope(effective, future)
     }
 }
+
+/// The future returned by [`Deadline::scoped`]: `F`, run with a current deadline.
+pub type DeadlineScope<F> = tokio::task::futures::TaskLocalFuture<Deadline, F>;

@@ -56,7 +56,7 @@ pub use classify::{
 };
 pub use clock::Clock;
 pub use config::ConfigError;
-pub use deadline::Deadline;
+pub use deadline::{Deadline, DeadlineScope};
 #[cfg(feature = "http")]
 pub use error::REJECTION_HEADER;
 pub use error::{BoxError, Error, Rejection, RejectionKind, rejection_of};
