@@ -1,0 +1,186 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use palisade_core::{BoxError, Classify, Error};
+use pin_project::pin_project;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use crate::hop;
+use crate::metrics::CallOutcome;
+use crate::protocol::Protocol;
+use crate::service::{Decision, Finish, Shared};
+
+/// The response future of [`Retry`](crate::Retry): attempts, backoff waits and the
+/// final answer, as one state machine.
+#[pin_project]
+pub struct ResponseFuture<S, Req, P, C>
+where
+    S: Service<Req>,
+{
+    #[pin]
+    state: State<S::Future>,
+    service: S,
+    /// A copy of the request for the next attempt, when the protocol could make one.
+    replay: Option<Req>,
+    /// The request of the attempt about to be sent (between backoff and call).
+    pending: Option<Req>,
+    attempt: u32,
+    previous_delay: Duration,
+    shared: Arc<Shared>,
+    protocol: P,
+    classify: C,
+}
+
+#[pin_project(project = StateProj)]
+enum State<F> {
+    Calling {
+        #[pin]
+        future: F,
+    },
+    Backoff {
+        #[pin]
+        sleep: Sleep,
+    },
+    Readying,
+}
+
+impl<S, Req, P, C> std::fmt::Debug for ResponseFuture<S, Req, P, C>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, Req, P, C> ResponseFuture<S, Req, P, C>
+where
+    S: Service<Req>,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        service: S,
+        replay: Option<Req>,
+        shared: Arc<Shared>,
+        protocol: P,
+        classify: C,
+    ) -> Self {
+        Self {
+            state: State::Calling { future },
+            service,
+            replay,
+            pending: None,
+            attempt: 1,
+            previous_delay: Duration::ZERO,
+            shared,
+            protocol,
+            classify,
+        }
+    }
+}
+
+impl<S, Req, P, C> Future for ResponseFuture<S, Req, P, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError> + 'static,
+    P: Protocol<Req, S::Response>,
+    C: Classify<S::Response, S::Error>,
+{
+    type Output = Result<S::Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx));
+                    let decision = this.shared.decide::<Req, _, _, _, _>(
+                        this.protocol,
+                        this.classify,
+                        result.as_ref(),
+                        *this.attempt,
+                        this.replay.is_some(),
+                        *this.previous_delay,
+                    );
+                    match decision {
+                        Decision::Done(finish) => {
+                            finish_call(this.shared, finish, *this.attempt);
+                            return Poll::Ready(result.map_err(Error::from_service));
+                        }
+                        Decision::Retry(delay, reason) => {
+                            if let Some(m) = &this.shared.metrics {
+                                m.retries.get(reason).increment(1);
+                            }
+                            *this.attempt += 1;
+                            *this.previous_delay = delay;
+                            let next = this.replay.take();
+                            // Keep a copy for a further attempt, if one may follow.
+                            if *this.attempt < this.shared.config.max_attempts {
+                                *this.replay = next.as_ref().and_then(|r| this.protocol.replay(r));
+                            }
+                            *this.pending = next;
+                            this.state.set(State::Backoff {
+                                sleep: tokio::time::sleep(delay),
+                            });
+                        }
+                    }
+                }
+                StateProj::Backoff { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Readying);
+                }
+                StateProj::Readying => {
+                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                        finish_call(
+                            this.shared,
+                            Finish::GaveUp(crate::metrics::GiveUp::NotRetryable),
+                            *this.attempt - 1,
+                        );
+                        return Poll::Ready(Err(Error::from_service(e)));
+                    }
+                    let Some(mut req) = this.pending.take() else {
+                        // Unreachable: a retry is only decided with a request at hand.
+                        return Poll::Ready(Err(Error::Inner(
+                            "palisade-retry: no request to retry".into(),
+                        )));
+                    };
+                    this.protocol.prepare(&mut req, *this.attempt);
+                    let future = this.service.call(req);
+                    this.state.set(State::Calling { future });
+                }
+            }
+        }
+    }
+}
+
+/// Records how a call ended, and raises the cross-hop flag when retrying was
+/// exhausted or refused.
+fn finish_call(shared: &Shared, finish: Finish, attempts: u32) {
+    if let Finish::GaveUp(why) = finish
+        && why.exhausts()
+    {
+        hop::mark_gave_up();
+    }
+    let Some(m) = &shared.metrics else {
+        return;
+    };
+    m.attempts.increment(u64::from(attempts));
+    let retried = attempts > 1;
+    let outcome = match finish {
+        Finish::Success if retried => CallOutcome::SuccessAfterRetry,
+        Finish::Success => CallOutcome::SuccessFirstTry,
+        Finish::Ignored => CallOutcome::Ignored,
+        Finish::GaveUp(_) if retried => CallOutcome::FailureAfterRetry,
+        Finish::GaveUp(_) => CallOutcome::FailureWithoutRetry,
+    };
+    m.calls.get(outcome).increment(1);
+    if let Finish::GaveUp(why) = finish {
+        m.giveups.get(why).increment(1);
+    }
+}

@@ -1,0 +1,203 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use palisade_core::{BoxError, Classify, Deadline, Error, Name, Outcome, rejection_of};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::budget::RetryBudget;
+use crate::config::RetryConfig;
+use crate::future::ResponseFuture;
+use crate::layer::RetryIf;
+use crate::metrics::{GiveUp, RetryMetrics, RetryReason};
+use crate::protocol::Protocol;
+
+/// State shared by every clone of one downstream's retry layer.
+pub(crate) struct Shared {
+    pub(crate) name: Name,
+    pub(crate) config: RetryConfig,
+    pub(crate) budget: RetryBudget,
+    pub(crate) metrics: Option<RetryMetrics>,
+    pub(crate) retry_if: Option<RetryIf>,
+}
+
+/// What to do after an attempt.
+pub(crate) enum Decision {
+    /// Return this result: it succeeded, or was ignored.
+    Done(Finish),
+    /// Wait this long, then try again.
+    Retry(Duration, RetryReason),
+}
+
+/// How a call ended without (another) retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finish {
+    Success,
+    Ignored,
+    GaveUp(GiveUp),
+}
+
+impl Shared {
+    /// Judges an attempt's result. `attempt` counts from 1; `replayable` says whether
+    /// a copy of the request is at hand; `previous` is the last backoff delay.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decide<Req, P, C, Res, E>(
+        &self,
+        protocol: &P,
+        classify: &C,
+        result: Result<&Res, &E>,
+        attempt: u32,
+        replayable: bool,
+        previous: Duration,
+    ) -> Decision
+    where
+        P: Protocol<Req, Res>,
+        C: Classify<Res, E>,
+        E: 'static,
+    {
+        let reason = match classify.classify(result) {
+            Outcome::Success => {
+                self.budget.deposit();
+                return Decision::Done(Finish::Success);
+            }
+            Outcome::Ignored => return Decision::Done(Finish::Ignored),
+            Outcome::Failure(reason) => reason,
+        };
+        let give_up = |why| Decision::Done(Finish::GaveUp(why));
+        let mut hint = None;
+        let mut rejected = false;
+        match result {
+            Err(err) => {
+                if let Some(r) = rejection_of(err) {
+                    if !r.kind().is_retryable() {
+                        return give_up(GiveUp::NotRetryable);
+                    }
+                    rejected = true;
+                    hint = r.retry_after();
+                }
+            }
+            Ok(res) => {
+                if protocol.forbids_retry(res) {
+                    return give_up(GiveUp::CalleeSaidNo);
+                }
+                hint = protocol.retry_after(res);
+            }
+        }
+        if let Some(predicate) = &self.retry_if
+            && !predicate(&Outcome::Failure(reason))
+        {
+            return give_up(GiveUp::NotRetryable);
+        }
+        if attempt >= self.config.max_attempts {
+            return give_up(GiveUp::MaxAttempts);
+        }
+        if !replayable {
+            return give_up(GiveUp::NotReplayable);
+        }
+        let mut delay = self
+            .config
+            .backoff
+            .delay(attempt, previous, fastrand::f64());
+        if let Some(hint) = hint {
+            if hint > self.config.max_retry_after() {
+                return give_up(GiveUp::RetryAfterTooLong);
+            }
+            delay = delay.max(hint);
+        }
+        // Never sleep past the deadline: a retry that cannot start before it is
+        // not made.
+        if let Some(deadline) = Deadline::current()
+            && Instant::now() + delay >= deadline.instant()
+        {
+            return give_up(GiveUp::Deadline);
+        }
+        if !self.budget.withdraw() {
+            if let Some(m) = &self.metrics {
+                m.budget_exhausted.increment(1);
+            }
+            return give_up(GiveUp::Budget);
+        }
+        Decision::Retry(delay, RetryReason::of(reason, rejected))
+    }
+}
+
+/// Retries failed calls; built by [`RetryLayer`](crate::RetryLayer).
+///
+/// `poll_ready` is the inner service's. `call` sends the first attempt on the service
+/// that was made ready and keeps a clone of the service (and, when the protocol can
+/// replay it, a copy of the request) in the response future for further attempts.
+pub struct Retry<S, P, C> {
+    inner: S,
+    shared: Arc<Shared>,
+    protocol: P,
+    classify: C,
+}
+
+impl<S: Clone, P: Clone, C: Clone> Clone for Retry<S, P, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+            protocol: self.protocol.clone(),
+            classify: self.classify.clone(),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, P, C> std::fmt::Debug for Retry<S, P, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("name", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, P, C> Retry<S, P, C> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, protocol: P, classify: C) -> Self {
+        Self {
+            inner,
+            shared,
+            protocol,
+            classify,
+        }
+    }
+}
+
+impl<S, P, C, Req> Service<Req> for Retry<S, P, C>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError> + 'static,
+    P: Protocol<Req, S::Response> + Clone,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = ResponseFuture<S, Req, P, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Error::from_service)
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        self.protocol.prepare(&mut req, 1);
+        let replay = if self.shared.config.max_attempts > 1 {
+            self.protocol.replay(&req)
+        } else {
+            None
+        };
+        // Call the service that was made ready; keep a fresh clone here.
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        let future = ready.call(req);
+        ResponseFuture::new(
+            future,
+            ready,
+            replay,
+            Arc::clone(&self.shared),
+            self.protocol.clone(),
+            self.classify.clone(),
+        )
+    }
+}
