@@ -1,4 +1,6 @@
 //! HTTP retry rules and cross-hop amplification control, on paused time.
+// Test doubles return `impl Service` tuples; naming them would only add noise.
+#![allow(clippy::type_complexity)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
