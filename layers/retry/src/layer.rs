@@ -65,8 +65,9 @@ impl RetryLayer {
 }
 
 impl<P, C> RetryLayer<P, C> {
-    /// The shared retry budget (for inspection).
-    pub fn budget(&self) -> &RetryBudget {
+    /// The shared retry budget: for inspection, and to let a
+    /// [`HedgeLayer`](crate::HedgeLayer) spend from the same budget.
+    pub fn budget(&self) -> &Arc<RetryBudget> {
         &self.shared.budget
     }
 }
@@ -173,7 +174,7 @@ impl<P, C> Builder<P, C> {
     pub fn build(self) -> Result<RetryLayer<P, C>, ConfigError> {
         let name = Name::new(&self.name).map_err(|e| ConfigError::new("name", e.to_string()))?;
         self.config.validate()?;
-        let budget = RetryBudget::new(&self.config.budget)?;
+        let budget = Arc::new(RetryBudget::new(&self.config.budget)?);
         let metrics = self.metrics.then(|| RetryMetrics::register(&name));
         Ok(RetryLayer {
             shared: Arc::new(Shared {

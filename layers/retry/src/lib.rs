@@ -11,6 +11,9 @@
 //!   downstream earns no retries beyond a small floor.
 //! - **Deadlines**: a retry that cannot start before the request's
 //!   [`Deadline`](palisade_core::Deadline) is not made.
+//! - **Hedging** ([`HedgeLayer`]): after a fixed delay or an observed latency
+//!   percentile, send up to N extra attempts; the first good answer wins and the
+//!   rest are cancelled; hedges spend the same budget as retries.
 //! - **Cross-hop control**: when the layer gives up after retrying (or is refused
 //!   by its budget or the deadline) while serving a request, it raises a flag that
 //!   the server's [`http::NoRetryLayer`] turns into an `x-palisade-no-retry: 1`
@@ -50,6 +53,7 @@ mod backoff;
 mod budget;
 mod config;
 mod future;
+mod hedge;
 pub mod hop;
 #[cfg(feature = "http")]
 pub mod http;
@@ -62,6 +66,7 @@ pub use backoff::{Backoff, Strategy};
 pub use budget::{BudgetConfig, RetryBudget};
 pub use config::RetryConfig;
 pub use future::ResponseFuture;
+pub use hedge::{Hedge, HedgeBuilder, HedgeDelay, HedgeFuture, HedgeLayer};
 pub use layer::{Builder, RetryLayer};
 pub use protocol::{CloneRequests, Protocol};
 pub use service::Retry;

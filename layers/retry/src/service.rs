@@ -17,7 +17,7 @@ use crate::protocol::Protocol;
 pub(crate) struct Shared {
     pub(crate) name: Name,
     pub(crate) config: RetryConfig,
-    pub(crate) budget: RetryBudget,
+    pub(crate) budget: Arc<RetryBudget>,
     pub(crate) metrics: Option<RetryMetrics>,
     pub(crate) retry_if: Option<RetryIf>,
 }
