@@ -115,7 +115,7 @@ impl Latencies {
         if total >= Self::DECAY_AT {
             self.decay();
         }
-        if total % Self::REFRESH_EVERY == 0 && total >= Self::MIN_SAMPLES {
+        if total.is_multiple_of(Self::REFRESH_EVERY) && total >= Self::MIN_SAMPLES {
             self.cached_us
                 .store(self.percentile_us(percentile), Ordering::Relaxed);
         }
