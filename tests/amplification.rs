@@ -1,0 +1,277 @@
+//! Retry amplification across a chain of real HTTP services, simulated
+//! deterministically with turmoil (fixed seeds, simulated network and time):
+//!
+//! ```text
+//! load (200 req/s) → gateway → order → customer → credit (the leaf)
+//! ```
+//!
+//! Every hop is a hyper server whose handler calls the next hop through a hyper
+//! client wrapped in Palisade's retry layer, and answers 502 when that call fails.
+//! Each scenario runs twice: with Palisade's controls (success-funded retry budget,
+//! cross-hop no-retry marking) and with a negative control, to show that the
+//! controls — not luck — keep the numbers in bounds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use palisade::core::{BoxError, Error, HttpClassifier};
+use palisade::retry::http::{HttpRetry, NoRetryLayer};
+use palisade::retry::{Backoff, BudgetConfig, RetryLayer, Strategy};
+use tower::{Layer, Service, ServiceExt};
+
+const PORT: u16 = 80;
+const RATE: u64 = 200;
+const SECONDS: u64 = 10;
+
+/// How the leaf behaves.
+#[derive(Clone, Copy, Debug)]
+enum Leaf {
+    /// Answers 503 to everything.
+    Dead,
+    /// Answers 503 to this share of requests, independently at random.
+    Flaky(f64),
+}
+
+/// How each hop retries.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Policy {
+    /// Palisade: up to 5 attempts, a success-funded budget, no-retry marking.
+    Palisade,
+    /// Naive: 3 attempts at every hop, no budget, no marking.
+    Naive,
+    /// No retries at all.
+    NoRetries,
+}
+
+#[derive(Debug, Default)]
+struct Report {
+    offered: u64,
+    succeeded: u64,
+    leaf_calls: u64,
+}
+
+impl Report {
+    fn leaf_load(&self) -> f64 {
+        self.leaf_calls as f64 / self.offered as f64
+    }
+    fn success(&self) -> f64 {
+        self.succeeded as f64 / self.offered as f64
+    }
+}
+
+type Body = Full<Bytes>;
+
+fn get(host: &str) -> Request<Body> {
+    Request::get(format!("http://{host}/work"))
+        .body(Body::new(Bytes::new()))
+        .expect("a valid request")
+}
+
+fn answer(status: StatusCode) -> Response<Body> {
+    let mut res = Response::new(Body::new(Bytes::new()));
+    *res.status_mut() = status;
+    res
+}
+
+/// One HTTP/1 request over a fresh simulated TCP connection.
+async fn send(host: &'static str, req: Request<Body>) -> Result<Response<Body>, BoxError> {
+    let stream = turmoil::net::TcpStream::connect((host, PORT)).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let res = sender.send_request(req).await?;
+    let (parts, body) = res.into_parts();
+    let bytes = body.collect().await?.to_bytes();
+    Ok(Response::from_parts(parts, Body::new(bytes)))
+}
+
+/// Serves `handler` on port 80 of the current simulated host.
+async fn serve<H>(handler: H) -> turmoil::Result
+where
+    H: Service<Request<Incoming>, Response = Response<Body>, Error = Error>
+        + Clone
+        + Send
+        + 'static,
+    H::Future: Send,
+{
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handler.clone().oneshot(req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn retry_layer(policy: Policy, name: &str) -> RetryLayer<HttpRetry, HttpClassifier> {
+    let (attempts, budget) = match policy {
+        Policy::Palisade => (
+            5,
+            BudgetConfig {
+                deposit_ratio: 0.5,
+                min_retries_per_sec: 10,
+                max_balance: 100,
+            },
+        ),
+        Policy::Naive => (
+            3,
+            BudgetConfig {
+                deposit_ratio: 1.0,
+                min_retries_per_sec: u32::MAX,
+                max_balance: u32::MAX,
+            },
+        ),
+        Policy::NoRetries => (1, BudgetConfig::default()),
+    };
+    RetryLayer::builder(name)
+        .max_attempts(attempts)
+        .backoff(Backoff {
+            strategy: Strategy::FullJitter,
+            base: Duration::from_millis(5),
+            multiplier: 2.0,
+            max: Duration::from_millis(50),
+        })
+        .budget(budget)
+        .classify(HttpClassifier)
+        .protocol(HttpRetry::default())
+        .without_metrics()
+        .build()
+        .expect("valid retry settings")
+}
+
+/// A mid-tier hop: calls `next` and answers 200 or 502.
+async fn mid_tier(next: &'static str, policy: Policy) -> turmoil::Result {
+    let client = retry_layer(policy, next).layer(tower::service_fn(move |req| send(next, req)));
+    let handler = tower::service_fn(move |_req: Request<Incoming>| {
+        let client = client.clone();
+        async move {
+            let ok = matches!(client.oneshot(get(next)).await, Ok(r) if r.status().is_success());
+            Ok::<_, Error>(answer(if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::BAD_GATEWAY
+            }))
+        }
+    });
+    if policy == Policy::Palisade {
+        serve(NoRetryLayer.layer(handler)).await
+    } else {
+        serve(handler).await
+    }
+}
+
+fn run(leaf: Leaf, policy: Policy, seed: u64) -> Report {
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(Duration::from_secs(SECONDS + 30))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(2))
+        .rng_seed(seed)
+        .build();
+
+    let leaf_calls = Arc::new(AtomicU64::new(0));
+    let calls = leaf_calls.clone();
+    sim.host("credit", move || {
+        let calls = calls.clone();
+        async move {
+            let rng = Arc::new(std::sync::Mutex::new(fastrand::Rng::with_seed(seed)));
+            let handler = tower::service_fn(move |_req: Request<Incoming>| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                let fail = match leaf {
+                    Leaf::Dead => true,
+                    Leaf::Flaky(p) => rng.lock().expect("rng lock").f64() < p,
+                };
+                async move {
+                    Ok::<_, Error>(answer(if fail {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    }))
+                }
+            });
+            serve(handler).await
+        }
+    });
+    sim.host("customer", move || mid_tier("credit", policy));
+    sim.host("order", move || mid_tier("customer", policy));
+    sim.host("gateway", move || mid_tier("order", policy));
+
+    let succeeded = Arc::new(AtomicU64::new(0));
+    let ok = succeeded.clone();
+    sim.client("load", async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1_000 / RATE));
+        let mut requests = Vec::new();
+        for _ in 0..RATE * SECONDS {
+            tick.tick().await;
+            let ok = ok.clone();
+            requests.push(tokio::spawn(async move {
+                if let Ok(res) = send("gateway", get("gateway")).await
+                    && res.status().is_success()
+                {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        for r in requests {
+            let _ = r.await;
+        }
+        Ok(())
+    });
+    sim.run().expect("the simulation runs to completion");
+    Report {
+        offered: RATE * SECONDS,
+        succeeded: succeeded.load(Ordering::Relaxed),
+        leaf_calls: leaf_calls.load(Ordering::Relaxed),
+    }
+}
+
+#[test]
+fn a_dead_leaf_sees_at_most_1_10x_the_offered_load() {
+    let palisade = run(Leaf::Dead, Policy::Palisade, 7);
+    println!(
+        "dead leaf, palisade: {palisade:?} → {:.3}×",
+        palisade.leaf_load()
+    );
+    assert_eq!(palisade.succeeded, 0);
+    assert!(palisade.leaf_load() <= 1.10, "{:.3}×", palisade.leaf_load());
+
+    // Negative control: naive retries multiply at every hop (3 × 3 × 3).
+    let naive = run(Leaf::Dead, Policy::Naive, 7);
+    println!("dead leaf, naive: {naive:?} → {:.3}×", naive.leaf_load());
+    assert!(naive.leaf_load() > 1.10, "{:.3}×", naive.leaf_load());
+}
+
+#[test]
+fn twenty_percent_leaf_errors_still_give_three_nines_at_1_27x() {
+    let palisade = run(Leaf::Flaky(0.2), Policy::Palisade, 11);
+    println!(
+        "20% leaf errors, palisade: {palisade:?} → success {:.4}, leaf load {:.3}×",
+        palisade.success(),
+        palisade.leaf_load()
+    );
+    assert!(
+        palisade.success() >= 0.999,
+        "success {:.4}",
+        palisade.success()
+    );
+    assert!(palisade.leaf_load() <= 1.27, "{:.3}×", palisade.leaf_load());
+
+    // Negative control: without retries, a fifth of the calls fail.
+    let none = run(Leaf::Flaky(0.2), Policy::NoRetries, 11);
+    println!(
+        "20% leaf errors, no retries: {none:?} → success {:.4}",
+        none.success()
+    );
+    assert!(none.success() < 0.999, "success {:.4}", none.success());
+}
