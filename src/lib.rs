@@ -38,6 +38,7 @@
 pub use palisade_breaker as breaker;
 pub use palisade_core as core;
 pub use palisade_retry as retry;
+pub use palisade_timeout as timeout;
 
 pub use palisade_core::{
     AllErrorsFail, BoxError, Classify, ConfigError, Error, FailureReason, Name, Outcome, Rejection,

@@ -103,5 +103,18 @@ impl Deadline {
     }
 }
 
+impl Deadline {
+    /// Runs the synchronous `f` with this deadline as [`current`](Self::current) (or
+    /// the current one, if earlier): for code that must see the deadline outside a
+    /// future, such as a service's `call`.
+    pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        let effective = match Self::current() {
+            Some(outer) => outer.min(self),
+            None => self,
+        };
+        CURRENT.sync_scope(effective, f)
+    }
+}
+
 /// The future returned by [`Deadline::scoped`]: `F`, run with a current deadline.
 pub type DeadlineScope<F> = tokio::task::futures::TaskLocalFuture<Deadline, F>;
