@@ -23,9 +23,15 @@ use hyper_util::rt::TokioIo;
 use palisade::core::{BoxError, Error, HttpClassifier};
 use palisade::retry::http::{HttpRetry, NoRetryLayer};
 use palisade::retry::{Backoff, BudgetConfig, RetryLayer, Strategy};
+use palisade::timeout::deadline::header::DEADLINE_MS;
+use palisade::timeout::{InboundDeadlineLayer, OutboundDeadlineLayer};
 use tower::{Layer, Service, ServiceExt};
 
 const PORT: u16 = 80;
+/// What each hop's outbound deadline layer subtracts for the network.
+const MARGIN: Duration = Duration::from_millis(5);
+/// The least time left with which a hop sends a call.
+const MIN_REMAINING: Duration = Duration::from_millis(10);
 const RATE: u64 = 200;
 const SECONDS: u64 = 10;
 
@@ -36,12 +42,15 @@ enum Leaf {
     Dead,
     /// Answers 503 to this share of requests, independently at random.
     Flaky(f64),
+    /// Never answers.
+    Hanging,
 }
 
 /// How each hop retries.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Policy {
-    /// Palisade: up to 5 attempts, a success-funded budget, no-retry marking.
+    /// Palisade: up to 5 attempts, a success-funded budget, no-retry marking, and
+    /// deadlines read from and sent to every hop.
     Palisade,
     /// Naive: 3 attempts at every hop, no budget, no marking.
     Naive,
@@ -52,8 +61,13 @@ enum Policy {
 #[derive(Debug, Default)]
 struct Report {
     offered: u64,
+    answered: u64,
     succeeded: u64,
     leaf_calls: u64,
+    /// The slowest answer the load generator saw.
+    slowest_answer: Duration,
+    /// The least time left any hop was given, by the deadline header it received.
+    least_time_sent_ms: Option<u64>,
 }
 
 impl Report {
@@ -150,10 +164,35 @@ fn retry_layer(policy: Policy, name: &str) -> RetryLayer<HttpRetry, HttpClassifi
         .expect("valid retry settings")
 }
 
+/// Remembers the least deadline (ms) any hop received.
+fn note_deadline(req: &Request<Incoming>, least: &AtomicU64) {
+    if let Some(ms) = req
+        .headers()
+        .get(DEADLINE_MS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        least.fetch_min(ms, Ordering::Relaxed);
+    }
+}
+
 /// A mid-tier hop: calls `next` and answers 200 or 502.
-async fn mid_tier(next: &'static str, policy: Policy) -> turmoil::Result {
-    let client = retry_layer(policy, next).layer(tower::service_fn(move |req| send(next, req)));
-    let handler = tower::service_fn(move |_req: Request<Incoming>| {
+async fn mid_tier(next: &'static str, policy: Policy, least: Arc<AtomicU64>) -> turmoil::Result {
+    let transport = tower::service_fn(move |req| send(next, req));
+    let client = if policy == Policy::Palisade {
+        let deadline = OutboundDeadlineLayer::builder(next)
+            .margin(MARGIN)
+            .min_remaining(MIN_REMAINING)
+            .build()
+            .expect("valid outbound deadline settings");
+        tower::util::BoxCloneService::new(
+            retry_layer(policy, next).layer(deadline.layer(transport)),
+        )
+    } else {
+        tower::util::BoxCloneService::new(retry_layer(policy, next).layer(transport))
+    };
+    let handler = tower::service_fn(move |req: Request<Incoming>| {
+        note_deadline(&req, &least);
         let client = client.clone();
         async move {
             let ok = matches!(client.oneshot(get(next)).await, Ok(r) if r.status().is_success());
@@ -165,13 +204,19 @@ async fn mid_tier(next: &'static str, policy: Policy) -> turmoil::Result {
         }
     });
     if policy == Policy::Palisade {
-        serve(NoRetryLayer.layer(handler)).await
+        let inbound = InboundDeadlineLayer::builder(next)
+            .max(Duration::from_secs(10))
+            .build()
+            .expect("valid inbound deadline settings");
+        serve(inbound.layer(NoRetryLayer.layer(handler))).await
     } else {
         serve(handler).await
     }
 }
 
-fn run(leaf: Leaf, policy: Policy, seed: u64) -> Report {
+/// Runs the chain for `SECONDS` at `RATE`; `edge_deadline` is sent by the load
+/// generator with each request.
+fn run(leaf: Leaf, policy: Policy, edge_deadline: Option<Duration>, seed: u64) -> Report {
     let mut sim = turmoil::Builder::new()
         .simulation_duration(Duration::from_secs(SECONDS + 30))
         .tick_duration(Duration::from_millis(1))
@@ -180,19 +225,25 @@ fn run(leaf: Leaf, policy: Policy, seed: u64) -> Report {
         .rng_seed(seed)
         .build();
 
+    let least = Arc::new(AtomicU64::new(u64::MAX));
     let leaf_calls = Arc::new(AtomicU64::new(0));
-    let calls = leaf_calls.clone();
+    let (calls, leaf_least) = (leaf_calls.clone(), least.clone());
     sim.host("credit", move || {
-        let calls = calls.clone();
+        let (calls, least) = (calls.clone(), leaf_least.clone());
         async move {
             let rng = Arc::new(std::sync::Mutex::new(fastrand::Rng::with_seed(seed)));
-            let handler = tower::service_fn(move |_req: Request<Incoming>| {
+            let handler = tower::service_fn(move |req: Request<Incoming>| {
                 calls.fetch_add(1, Ordering::Relaxed);
+                note_deadline(&req, &least);
                 let fail = match leaf {
                     Leaf::Dead => true,
                     Leaf::Flaky(p) => rng.lock().expect("rng lock").f64() < p,
+                    Leaf::Hanging => false,
                 };
                 async move {
+                    if matches!(leaf, Leaf::Hanging) {
+                        std::future::pending::<()>().await;
+                    }
                     Ok::<_, Error>(answer(if fail {
                         StatusCode::SERVICE_UNAVAILABLE
                     } else {
@@ -203,23 +254,39 @@ fn run(leaf: Leaf, policy: Policy, seed: u64) -> Report {
             serve(handler).await
         }
     });
-    sim.host("customer", move || mid_tier("credit", policy));
-    sim.host("order", move || mid_tier("customer", policy));
-    sim.host("gateway", move || mid_tier("order", policy));
+    for (host, next) in [
+        ("customer", "credit"),
+        ("order", "customer"),
+        ("gateway", "order"),
+    ] {
+        let least = least.clone();
+        sim.host(host, move || mid_tier(next, policy, least.clone()));
+    }
 
-    let succeeded = Arc::new(AtomicU64::new(0));
-    let ok = succeeded.clone();
+    let (succeeded, answered) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let slowest_us = Arc::new(AtomicU64::new(0));
+    let (ok, done, slowest) = (succeeded.clone(), answered.clone(), slowest_us.clone());
     sim.client("load", async move {
         let mut tick = tokio::time::interval(Duration::from_millis(1_000 / RATE));
         let mut requests = Vec::new();
         for _ in 0..RATE * SECONDS {
             tick.tick().await;
-            let ok = ok.clone();
+            let (ok, done, slowest) = (ok.clone(), done.clone(), slowest.clone());
             requests.push(tokio::spawn(async move {
-                if let Ok(res) = send("gateway", get("gateway")).await
-                    && res.status().is_success()
-                {
-                    ok.fetch_add(1, Ordering::Relaxed);
+                let mut req = get("gateway");
+                if let Some(d) = edge_deadline {
+                    req.headers_mut()
+                        .insert(DEADLINE_MS, (d.as_millis() as u64).into());
+                }
+                let start = tokio::time::Instant::now();
+                // The load generator gives up after 2 s, answered or not.
+                let res = tokio::time::timeout(Duration::from_secs(2), send("gateway", req)).await;
+                slowest.fetch_max(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                if let Ok(res) = res {
+                    done.fetch_add(1, Ordering::Relaxed);
+                    if matches!(res, Ok(r) if r.status().is_success()) {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }));
         }
@@ -229,16 +296,20 @@ fn run(leaf: Leaf, policy: Policy, seed: u64) -> Report {
         Ok(())
     });
     sim.run().expect("the simulation runs to completion");
+    let least_ms = least.load(Ordering::Relaxed);
     Report {
         offered: RATE * SECONDS,
+        answered: answered.load(Ordering::Relaxed),
         succeeded: succeeded.load(Ordering::Relaxed),
         leaf_calls: leaf_calls.load(Ordering::Relaxed),
+        slowest_answer: Duration::from_micros(slowest_us.load(Ordering::Relaxed)),
+        least_time_sent_ms: (least_ms != u64::MAX).then_some(least_ms),
     }
 }
 
 #[test]
 fn a_dead_leaf_sees_at_most_1_10x_the_offered_load() {
-    let palisade = run(Leaf::Dead, Policy::Palisade, 7);
+    let palisade = run(Leaf::Dead, Policy::Palisade, None, 7);
     println!(
         "dead leaf, palisade: {palisade:?} → {:.3}×",
         palisade.leaf_load()
@@ -247,14 +318,14 @@ fn a_dead_leaf_sees_at_most_1_10x_the_offered_load() {
     assert!(palisade.leaf_load() <= 1.10, "{:.3}×", palisade.leaf_load());
 
     // Negative control: naive retries multiply at every hop (3 × 3 × 3).
-    let naive = run(Leaf::Dead, Policy::Naive, 7);
+    let naive = run(Leaf::Dead, Policy::Naive, None, 7);
     println!("dead leaf, naive: {naive:?} → {:.3}×", naive.leaf_load());
     assert!(naive.leaf_load() > 1.10, "{:.3}×", naive.leaf_load());
 }
 
 #[test]
 fn twenty_percent_leaf_errors_still_give_three_nines_at_1_27x() {
-    let palisade = run(Leaf::Flaky(0.2), Policy::Palisade, 11);
+    let palisade = run(Leaf::Flaky(0.2), Policy::Palisade, None, 11);
     println!(
         "20% leaf errors, palisade: {palisade:?} → success {:.4}, leaf load {:.3}×",
         palisade.success(),
@@ -268,10 +339,39 @@ fn twenty_percent_leaf_errors_still_give_three_nines_at_1_27x() {
     assert!(palisade.leaf_load() <= 1.27, "{:.3}×", palisade.leaf_load());
 
     // Negative control: without retries, a fifth of the calls fail.
-    let none = run(Leaf::Flaky(0.2), Policy::NoRetries, 11);
+    let none = run(Leaf::Flaky(0.2), Policy::NoRetries, None, 11);
     println!(
         "20% leaf errors, no retries: {none:?} → success {:.4}",
         none.success()
     );
     assert!(none.success() < 0.999, "success {:.4}", none.success());
+}
+
+#[test]
+fn a_300_ms_edge_deadline_holds_with_a_hanging_leaf() {
+    let edge = Some(Duration::from_millis(300));
+    let palisade = run(Leaf::Hanging, Policy::Palisade, edge, 13);
+    println!("hanging leaf, palisade: {palisade:?}");
+    assert_eq!(
+        palisade.answered, palisade.offered,
+        "every request is answered"
+    );
+    assert!(
+        palisade.slowest_answer <= Duration::from_millis(305),
+        "slowest answer {:?}",
+        palisade.slowest_answer
+    );
+    // A hop sends remaining − margin; it sends only with at least MIN_REMAINING
+    // left, so no hop ever receives less than MIN_REMAINING − MARGIN.
+    let least = palisade.least_time_sent_ms.expect("deadlines were sent");
+    assert!(
+        Duration::from_millis(least) + MARGIN >= MIN_REMAINING,
+        "a call was sent with {least} ms + margin left"
+    );
+
+    // Negative control: without deadlines every request waits on the hanging leaf
+    // until the load generator gives up.
+    let naive = run(Leaf::Hanging, Policy::Naive, edge, 13);
+    println!("hanging leaf, naive: {naive:?}");
+    assert!(naive.slowest_answer > Duration::from_millis(305));
 }
