@@ -34,6 +34,7 @@ use tower_service::Service;
 
 use crate::hop::{self, GaveUpScope};
 use crate::protocol::Protocol;
+use crate::replay::ReplayBody;
 
 /// The request header carrying the attempt number.
 pub const ATTEMPT_HEADER: &str = "x-palisade-attempt";
@@ -45,7 +46,8 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// HTTP's retry rules: only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE,
 /// TRACE) or requests with an `idempotency-key` header are retried, and only when
 /// the body's size is known and at most `max_body_bytes` (the body is cloned for
-/// the replay, so it must be a buffered body type such as `Full<Bytes>`).
+/// the replay: a buffered body type such as `Full<Bytes>`, or a streaming body put
+/// through [`BufferBodyLayer`](crate::BufferBodyLayer) first).
 #[derive(Debug, Clone, Copy)]
 pub struct HttpRetry {
     /// The largest body replayed. Default 64 KiB.
@@ -68,11 +70,12 @@ pub fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-impl<B, RB> Protocol<Request<B>, Response<RB>> for HttpRetry
-where
-    B: Body + Clone,
-{
-    fn replay(&self, req: &Request<B>) -> Option<Request<B>> {
+impl HttpRetry {
+    fn replay_with<B: Body>(
+        &self,
+        req: &Request<B>,
+        body: impl FnOnce(&B) -> Option<B>,
+    ) -> Option<Request<B>> {
         if !is_idempotent(req.method()) && !req.headers().contains_key(IDEMPOTENCY_KEY_HEADER) {
             return None;
         }
@@ -80,7 +83,7 @@ where
         if size.upper().is_none_or(|upper| upper > self.max_body_bytes) {
             return None;
         }
-        let mut copy = Request::new(req.body().clone());
+        let mut copy = Request::new(body(req.body())?);
         *copy.method_mut() = req.method().clone();
         *copy.uri_mut() = req.uri().clone();
         *copy.version_mut() = req.version();
@@ -88,8 +91,45 @@ where
         *copy.extensions_mut() = req.extensions().clone();
         Some(copy)
     }
+}
+
+/// Requests with a body that can be cloned (`Full<Bytes>`, `Empty`, `String`…).
+impl<B, RB> Protocol<Request<B>, Response<RB>> for HttpRetry
+where
+    B: Body + Clone,
+{
+    fn replay(&self, req: &Request<B>) -> Option<Request<B>> {
+        self.replay_with(req, |b| Some(b.clone()))
+    }
 
     fn prepare(&self, req: &mut Request<B>, attempt: u32) {
+        req.headers_mut()
+            .insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+    }
+
+    fn retry_after(&self, res: &Response<RB>) -> Option<Duration> {
+        retry_after(res.headers())
+    }
+
+    fn forbids_retry(&self, res: &Response<RB>) -> bool {
+        res.headers()
+            .get(NO_RETRY_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"1")
+    }
+}
+
+/// Requests whose body went through [`BufferBodyLayer`](crate::BufferBodyLayer):
+/// buffered bodies are replayed, streaming ones are not.
+impl<B, RB> Protocol<Request<ReplayBody<B>>, Response<RB>> for HttpRetry
+where
+    B: Body<Data = bytes::Bytes>,
+    B::Error: Into<palisade_core::BoxError>,
+{
+    fn replay(&self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
+        self.replay_with(req, ReplayBody::try_clone)
+    }
+
+    fn prepare(&self, req: &mut Request<ReplayBody<B>>, attempt: u32) {
         req.headers_mut()
             .insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
     }

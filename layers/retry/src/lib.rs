@@ -60,6 +60,8 @@ pub mod http;
 mod layer;
 pub mod metrics;
 mod protocol;
+#[cfg(feature = "http")]
+mod replay;
 mod service;
 
 pub use backoff::{Backoff, Strategy};
@@ -69,4 +71,6 @@ pub use future::ResponseFuture;
 pub use hedge::{Hedge, HedgeBuilder, HedgeDelay, HedgeFuture, HedgeLayer};
 pub use layer::{Builder, RetryLayer};
 pub use protocol::{CloneRequests, Protocol};
+#[cfg(feature = "http")]
+pub use replay::{BufferBody, BufferBodyLayer, BufferFuture, ReplayBody};
 pub use service::Retry;

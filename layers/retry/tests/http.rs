@@ -233,3 +233,51 @@ async fn post_bodies_survive_the_replay() {
         vec![Bytes::from_static(b"{\"qty\":2}"); 2]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn streaming_bodies_are_buffered_when_small_and_streamed_otherwise() {
+    use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
+    use palisade_retry::{BufferBodyLayer, ReplayBody};
+
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let log = bodies.clone();
+    type Incoming = ReplayBody<BoxBody<Bytes, std::convert::Infallible>>;
+    let server = tower::service_fn(move |req: Request<Incoming>| {
+        let log = log.clone();
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let mut log = log.lock().unwrap();
+            log.push(body);
+            let mut res = Response::new(Full::new(Bytes::new()));
+            *res.status_mut() = if log.len() % 2 == 1 {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            Ok::<_, Error>(res)
+        }
+    });
+    let client = tower::ServiceBuilder::new()
+        .layer(BufferBodyLayer::new(1024))
+        .layer(layer("c"))
+        .service(server);
+
+    // A body of known, small size is read into memory and sent twice.
+    let body = Full::new(Bytes::from_static(b"reserve 2")).boxed();
+    let put = Request::put("http://svc/stock").body(body).unwrap();
+    let res = client.clone().oneshot(put).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(bodies.lock().unwrap().len(), 2);
+
+    // A body of unknown size streams through once and is not retried.
+    let chunks = futures_util::stream::iter(vec![Ok(http_body::Frame::data(Bytes::from_static(
+        b"chunked",
+    )))]);
+    let put = Request::put("http://svc/stock")
+        .body(StreamBody::new(chunks).boxed())
+        .unwrap();
+    let res = client.oneshot(put).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(bodies.lock().unwrap().len(), 3);
+    assert_eq!(bodies.lock().unwrap()[2], Bytes::from_static(b"chunked"));
+}
