@@ -74,3 +74,8 @@ pub use protocol::{CloneRequests, Protocol};
 #[cfg(feature = "http")]
 pub use replay::{BufferBody, BufferBodyLayer, BufferFuture, ReplayBody};
 pub use service::Retry;
+
+// The README's snippets are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

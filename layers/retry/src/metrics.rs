@@ -7,6 +7,8 @@
 //! | `palisade_retry_retries_total` | counter | `downstream`, `reason` = error, timeout, server_error, too_many_requests, transport, no_endpoints, rejected, other | retries, by what failed |
 //! | `palisade_retry_giveups_total` | counter | `downstream`, `reason` = max_attempts, budget, deadline, retry_after_too_long, not_retryable, not_replayable, callee_said_no | failed calls not retried (further), by why |
 //! | `palisade_retry_budget_exhausted_total` | counter | `downstream` | retries the budget refused |
+//! | `palisade_retry_hedges_sent_total` | counter | `downstream` | hedged attempts sent (by a `HedgeLayer`) |
+//! | `palisade_retry_hedges_won_total` | counter | `downstream` | calls answered by a hedged attempt |
 
 use metrics::Counter;
 use palisade_core::observe::{CounterSet, LabelValue, MetricScope};
