@@ -165,6 +165,9 @@ struct HedgeShared {
     delay: HedgeDelay,
     max_hedges: u32,
     budget: Arc<RetryBudget>,
+    /// Whether the budget is the layer's own (then its successes fund it); a shared
+    /// budget is funded by the retry layer it belongs to.
+    owns_budget: bool,
     latencies: Option<Latencies>,
     sent: Counter,
     won: Counter,
@@ -256,8 +259,9 @@ impl<P, C> HedgeBuilder<P, C> {
         self
     }
 
-    /// Spends from this budget (share a retry layer's). Default: a budget of its own
-    /// with [`BudgetConfig`]'s defaults.
+    /// Spends from this budget (share a retry layer's, which its successes fund).
+    /// Default: a budget of its own with [`BudgetConfig`]'s defaults, funded by this
+    /// layer's successful calls.
     pub fn budget(mut self, budget: Arc<RetryBudget>) -> Self {
         self.budget = Some(budget);
         self
@@ -319,6 +323,7 @@ impl<P, C> HedgeBuilder<P, C> {
                 Some(Latencies::new())
             }
         };
+        let owns_budget = self.budget.is_none();
         let budget = match self.budget {
             Some(b) => b,
             None => Arc::new(RetryBudget::new(&BudgetConfig::default())?),
@@ -338,6 +343,7 @@ impl<P, C> HedgeBuilder<P, C> {
                 delay: self.delay,
                 max_hedges: self.max_hedges,
                 budget,
+                owns_budget,
                 latencies,
                 sent,
                 won,
@@ -480,7 +486,7 @@ where
             && let Poll::Ready(result) = primary.poll(cx)
         {
             this.primary.set(None);
-            if let Some(done) = settle(this.classify, result, this.last_failure) {
+            if let Some(done) = settle(this.shared, this.classify, result, this.last_failure) {
                 if let (Some(start), Some(l), HedgeDelay::Percentile { percentile, .. }) =
                     (this.started, &this.shared.latencies, this.shared.delay)
                 {
@@ -494,7 +500,7 @@ where
         while i < this.hedges.len() {
             if let Poll::Ready(result) = this.hedges[i].as_mut().poll(cx) {
                 drop(this.hedges.swap_remove(i));
-                if let Some(done) = settle(this.classify, result, this.last_failure) {
+                if let Some(done) = settle(this.shared, this.classify, result, this.last_failure) {
                     this.shared.won.increment(1);
                     // The primary was slower than this: record what it took so far.
                     if let (Some(start), Some(l), HedgeDelay::Percentile { percentile, .. }) =
@@ -541,7 +547,9 @@ where
             let mut fut = Box::pin(this.service.call(req));
             match fut.as_mut().poll(cx) {
                 Poll::Ready(result) => {
-                    if let Some(done) = settle(this.classify, result, this.last_failure) {
+                    if let Some(done) =
+                        settle(this.shared, this.classify, result, this.last_failure)
+                    {
                         this.shared.won.increment(1);
                         return Poll::Ready(done.map_err(Error::from_service));
                     }
@@ -574,6 +582,7 @@ where
 
 /// Keeps a failed result aside (returning `None`), or returns a winning one.
 fn settle<C, Res, E>(
+    shared: &HedgeShared,
     classify: &C,
     result: Result<Res, E>,
     last_failure: &mut Option<Result<Res, E>>,
@@ -587,7 +596,13 @@ where
             *last_failure = Some(result);
             None
         }
-        Outcome::Success | Outcome::Ignored => Some(result),
+        Outcome::Success => {
+            if shared.owns_budget {
+                shared.budget.deposit();
+            }
+            Some(result)
+        }
+        Outcome::Ignored => Some(result),
     }
 }
 
