@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use palisade_core::{BoxError, Classify, Error};
+use palisade_core::{BoxError, Classify, Error, Outcome};
 use pin_project::pin_project;
 use tokio::time::Sleep;
 use tower_service::Service;
@@ -41,9 +41,10 @@ enum State<F> {
         #[pin]
         future: F,
     },
+    /// Boxed so that the common, successful call does not carry a timer's worth
+    /// of future; only a retry allocates it.
     Backoff {
-        #[pin]
-        sleep: Sleep,
+        sleep: Pin<Box<Sleep>>,
     },
     Readying,
 }
@@ -100,9 +101,19 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx));
-                    let decision = this.shared.decide::<Req, _, _, _, _>(
+                    // The common case, kept small and inline: a first-try success.
+                    let outcome = this.classify.classify(result.as_ref());
+                    if outcome == Outcome::Success && *this.attempt == 1 {
+                        this.shared.budget.deposit();
+                        if let Some(m) = &this.shared.metrics {
+                            m.attempts.increment(1);
+                            m.calls.get(CallOutcome::SuccessFirstTry).increment(1);
+                        }
+                        return Poll::Ready(result.map_err(Error::from_service));
+                    }
+                    let decision = this.shared.decide::<Req, _, _, _>(
                         this.protocol,
-                        this.classify,
+                        outcome,
                         result.as_ref(),
                         *this.attempt,
                         this.replay.is_some(),
@@ -126,13 +137,13 @@ where
                             }
                             *this.pending = next;
                             this.state.set(State::Backoff {
-                                sleep: tokio::time::sleep(delay),
+                                sleep: Box::pin(tokio::time::sleep(delay)),
                             });
                         }
                     }
                 }
                 StateProj::Backoff { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
@@ -161,6 +172,7 @@ where
 
 /// Records how a call ended, and raises the cross-hop flag when retrying was
 /// exhausted or refused.
+#[cold]
 fn finish_call(shared: &Shared, finish: Finish, attempts: u32) {
     if let Finish::GaveUp(why) = finish
         && why.exhausts()

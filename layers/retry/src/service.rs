@@ -39,13 +39,14 @@ pub(crate) enum Finish {
 }
 
 impl Shared {
-    /// Judges an attempt's result. `attempt` counts from 1; `replayable` says whether
+    /// Judges an attempt's classified result. `attempt` counts from 1; `replayable` says whether
     /// a copy of the request is at hand; `previous` is the last backoff delay.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn decide<Req, P, C, Res, E>(
+    #[cold]
+    pub(crate) fn decide<Req, P, Res, E>(
         &self,
         protocol: &P,
-        classify: &C,
+        outcome: Outcome,
         result: Result<&Res, &E>,
         attempt: u32,
         replayable: bool,
@@ -53,10 +54,9 @@ impl Shared {
     ) -> Decision
     where
         P: Protocol<Req, Res>,
-        C: Classify<Res, E>,
         E: 'static,
     {
-        let reason = match classify.classify(result) {
+        let reason = match outcome {
             Outcome::Success => {
                 self.budget.deposit();
                 return Decision::Done(Finish::Success);
