@@ -28,13 +28,40 @@
 //! # }
 //! ```
 
+use std::cell::Cell;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use pin_project::pin_project;
 use tokio::time::Instant;
 
 tokio::task_local! {
     static CURRENT: Deadline;
+}
+
+thread_local! {
+    /// How many deadline scopes this thread is inside right now. Most calls run
+    /// outside any scope; this lets [`Deadline::current`] answer them with one
+    /// thread-local read instead of a task-local lookup.
+    static ACTIVE: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Marks this thread as inside a scope until dropped (also on unwind).
+struct Active;
+
+impl Active {
+    fn enter() -> Self {
+        ACTIVE.with(|a| a.set(a.get() + 1));
+        Active
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        ACTIVE.with(|a| a.set(a.get().saturating_sub(1)));
+    }
 }
 
 /// A point in (tokio) time by which a request must be answered.
@@ -80,7 +107,11 @@ impl Deadline {
     }
 
     /// The deadline of the request being served by this task, if any.
+    #[inline]
     pub fn current() -> Option<Deadline> {
+        if ACTIVE.with(Cell::get) == 0 {
+            return None;
+        }
         CURRENT.try_with(|d| *d).ok()
     }
 
@@ -99,7 +130,9 @@ impl Deadline {
             Some(outer) => outer.min(self),
             None => self,
         };
-        CURRENT.scope(effective, future)
+        DeadlineScope {
+            inner: CURRENT.scope(effective, future),
+        }
     }
 }
 
@@ -112,9 +145,29 @@ impl Deadline {
             Some(outer) => outer.min(self),
             None => self,
         };
+        let _active = Active::enter();
         CURRENT.sync_scope(effective, f)
     }
 }
 
 /// The future returned by [`Deadline::scoped`]: `F`, run with a current deadline.
-pub type DeadlineScope<F> = tokio::task::futures::TaskLocalFuture<Deadline, F>;
+#[pin_project]
+pub struct DeadlineScope<F> {
+    #[pin]
+    inner: tokio::task::futures::TaskLocalFuture<Deadline, F>,
+}
+
+impl<F> std::fmt::Debug for DeadlineScope<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeadlineScope")
+    }
+}
+
+impl<F: Future> Future for DeadlineScope<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let _active = Active::enter();
+        self.project().inner.poll(cx)
+    }
+}

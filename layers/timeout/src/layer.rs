@@ -37,6 +37,7 @@ pub struct TimeoutLayer {
 pub(crate) struct Shared {
     pub(crate) name: Name,
     pub(crate) timeout: Duration,
+    pub(crate) armed: Duration,
     pub(crate) metrics: TimeoutMetrics,
 }
 
@@ -62,6 +63,9 @@ impl TimeoutLayer {
             shared: Arc::new(Shared {
                 name,
                 timeout,
+                // Arithmetic uses a timeout clamped to ten years, so `now + armed`
+                // cannot overflow and needs no checked path per call.
+                armed: timeout.min(Duration::from_secs(10 * 365 * 86_400)),
                 metrics,
             }),
         })

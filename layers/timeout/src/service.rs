@@ -34,8 +34,20 @@ use crate::metrics::CallOutcome;
 pub struct Timeout<S> {
     inner: S,
     shared: Arc<Shared>,
-    /// Set by `poll_ready` when the current deadline had already passed.
-    expired: bool,
+    /// What `poll_ready` learned of the current deadline, for `call`.
+    readied: Readied,
+}
+
+/// The deadline as `poll_ready` found it, so `call` need not look again.
+#[derive(Debug, Clone, Copy, Default)]
+enum Readied {
+    /// `poll_ready` has not run since the last call.
+    #[default]
+    Unknown,
+    /// The current deadline, not yet passed.
+    Deadline(Deadline),
+    /// The current deadline had already passed.
+    Expired,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Timeout<S> {
@@ -54,17 +66,27 @@ impl<S: Clone> Clone for Timeout<S> {
         Self {
             inner: self.inner.clone(),
             shared: Arc::clone(&self.shared),
-            expired: false,
+            readied: Readied::Unknown,
         }
     }
 }
 
 impl<S> Timeout<S> {
+    #[cold]
+    fn refuse<F>(&self) -> ResponseFuture<F> {
+        self.shared.metrics.call(CallOutcome::DeadlineExceeded);
+        tracing::debug!(
+            downstream = %self.shared.name,
+            "deadline already passed; call refused without calling the service"
+        );
+        ResponseFuture::refused(self.shared.rejection(RejectionKind::DeadlineExceeded))
+    }
+
     pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
         Self {
             inner,
             shared,
-            expired: false,
+            readied: Readied::Unknown,
         }
     }
 
@@ -106,10 +128,17 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if !self.expired && Deadline::current().is_some_and(|d| d.is_expired()) {
-            self.expired = true;
+        if let Readied::Unknown = self.readied {
+            let deadline = Deadline::current();
+            // Only a deadline seen here is kept: one may still be set around `call`
+            // (an inbound layer scopes its inner service's `call`).
+            self.readied = match deadline {
+                Some(d) if d.is_expired() => Readied::Expired,
+                Some(d) => Readied::Deadline(d),
+                None => Readied::Unknown,
+            };
         }
-        if self.expired {
+        if let Readied::Expired = self.readied {
             // The call will be refused: take no readiness from the inner service.
             return Poll::Ready(Ok(()));
         }
@@ -117,20 +146,19 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let expired = std::mem::take(&mut self.expired);
+        let deadline = match std::mem::take(&mut self.readied) {
+            Readied::Expired => return self.refuse(),
+            Readied::Deadline(deadline) => Some(deadline),
+            Readied::Unknown => Deadline::current(),
+        };
         let now = Instant::now();
-        let limit = instant_after(now, self.shared.timeout);
-        let (until, expiry) = match Deadline::current() {
+        let limit = now + self.shared.armed;
+        let (until, expiry) = match deadline {
             Some(deadline) if deadline.instant() <= limit => (deadline.instant(), Expiry::Deadline),
             _ => (limit, Expiry::Timeout),
         };
-        if expired || (expiry == Expiry::Deadline && until <= now) {
-            self.shared.metrics.call(CallOutcome::DeadlineExceeded);
-            tracing::debug!(
-                downstream = %self.shared.name,
-                "deadline already passed; call refused without calling the service"
-            );
-            return ResponseFuture::refused(self.shared.rejection(RejectionKind::DeadlineExceeded));
+        if expiry == Expiry::Deadline && until <= now {
+            return self.refuse();
         }
         let future = self.inner.call(req);
         ResponseFuture::running(future, until, expiry, Arc::clone(&self.shared))
