@@ -21,30 +21,17 @@
 // workspace forbids it elsewhere so that tests can run on tokio's paused clock).
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-use std::fmt::Debug;
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use criterion::measurement::WallTime;
-use criterion::{BenchmarkGroup, Criterion, criterion_main};
-use tokio::runtime::Runtime;
-use tower::{Layer, Service, ServiceExt};
+use criterion::{Criterion, criterion_main};
+use tower::Layer;
+
+mod support;
+use support::{inner, single};
 
 /// The timeout every timeout layer of the comparison is given: far longer than any
 /// call, so it never fires.
 const TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The trivial inner service every variant wraps.
-fn inner() -> impl Service<
-    u64,
-    Response = u64,
-    Error = std::io::Error,
-    Future = impl Future<Output = Result<u64, std::io::Error>> + Send,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(|x: u64| async move { Ok::<u64, std::io::Error>(x) })
-}
 
 /// The smallest `tower::retry::Policy` that still retries failures: a success is
 /// never retried, a failure is retried at once, and every request can be replayed.
@@ -69,46 +56,6 @@ impl tower::retry::Policy<u64, u64, std::io::Error> for RetryFailures {
     fn clone_request(&mut self, req: &u64) -> Option<u64> {
         Some(*req)
     }
-}
-
-/// Makes `iters` calls through `svc`, checking each succeeded (so a layer that
-/// rejected or timed out by mistake would abort the bench rather than be measured).
-async fn calls<S>(svc: &mut S, iters: u64)
-where
-    S: Service<u64, Response = u64>,
-    S::Error: Debug,
-{
-    for i in 0..iters {
-        let out = svc
-            .ready()
-            .await
-            .expect("service ready")
-            .call(black_box(i))
-            .await
-            .expect("call succeeds");
-        black_box(out);
-    }
-}
-
-/// Times one task calling through `svc` on a current-thread runtime.
-fn single<S>(group: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, svc: &S)
-where
-    S: Service<u64, Response = u64> + Clone,
-    S::Error: Debug,
-{
-    // Each sample gets a clone of the one service: the clones share the layer's
-    // state (Palisade's retry budget, for one). `iter_custom` times a plain loop of
-    // calls, so nothing but the calls is inside the measurement.
-    group.bench_function(name, |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let mut svc = svc.clone();
-            async move {
-                let start = Instant::now();
-                calls(&mut svc, iters).await;
-                start.elapsed()
-            }
-        });
-    });
 }
 
 fn retry_and_timeout(c: &mut Criterion) {

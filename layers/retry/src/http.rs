@@ -103,8 +103,7 @@ where
     }
 
     fn prepare(&self, req: &mut Request<B>, attempt: u32) {
-        req.headers_mut()
-            .insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+        set_attempt(req.headers_mut(), attempt);
     }
 
     fn retry_after(&self, res: &Response<RB>) -> Option<Duration> {
@@ -112,9 +111,7 @@ where
     }
 
     fn forbids_retry(&self, res: &Response<RB>) -> bool {
-        res.headers()
-            .get(NO_RETRY_HEADER)
-            .is_some_and(|v| v.as_bytes() == b"1")
+        forbids_retry(res.headers())
     }
 }
 
@@ -130,8 +127,7 @@ where
     }
 
     fn prepare(&self, req: &mut Request<ReplayBody<B>>, attempt: u32) {
-        req.headers_mut()
-            .insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+        set_attempt(req.headers_mut(), attempt);
     }
 
     fn retry_after(&self, res: &Response<RB>) -> Option<Duration> {
@@ -139,10 +135,20 @@ where
     }
 
     fn forbids_retry(&self, res: &Response<RB>) -> bool {
-        res.headers()
-            .get(NO_RETRY_HEADER)
-            .is_some_and(|v| v.as_bytes() == b"1")
+        forbids_retry(res.headers())
     }
+}
+
+/// Sets the attempt header.
+fn set_attempt(headers: &mut HeaderMap, attempt: u32) {
+    headers.insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+}
+
+/// Whether the answer carries the no-retry marker.
+fn forbids_retry(headers: &HeaderMap) -> bool {
+    headers
+        .get(NO_RETRY_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1")
 }
 
 /// Parses a `Retry-After` header: delta-seconds or an HTTP-date. Absent, malformed
