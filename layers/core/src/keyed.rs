@@ -136,6 +136,22 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyedRegistry<K, V> {
         value
     }
 
+    /// Puts `value` under `key`, replacing any value there (and marking it used).
+    pub fn insert(&self, key: K, value: V) {
+        let now = self.clock.now_nanos();
+        let mut shard = self.lock(self.shard(&key));
+        if !shard.map.contains_key(&key) && shard.map.len() >= self.shard_capacity {
+            self.make_room(&mut shard, now);
+        }
+        shard.map.insert(
+            key,
+            Entry {
+                value,
+                last_used: now,
+            },
+        );
+    }
+
     /// The value for `key`, if present (does not mark it used).
     pub fn get(&self, key: &K) -> Option<V> {
         self.lock(self.shard(key))
