@@ -426,6 +426,15 @@ impl Machine {
         }
     }
 
+    /// Whether a clean success admitted while closed would change nothing: the
+    /// count window is full of clean calls and no failure run is open. The healthy
+    /// steady state: two loads, no write.
+    #[inline]
+    pub(crate) fn clean_success_is_noop(&self) -> bool {
+        matches!(&self.window, Window::Count(w) if w.is_full_and_clean())
+            && self.consecutive_failures.load(Ordering::Relaxed) == 0
+    }
+
     /// Records the verdict of a call admitted with `ticket`, at `now`, and makes the
     /// transition it causes, if any. Returns the transition and, when the window
     /// gives one cheaply, a snapshot of it.

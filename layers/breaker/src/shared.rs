@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use palisade_core::observe::Observers;
-use palisade_core::{Clock, Name, Rejection, RejectionKind, Verdict};
+use palisade_core::{Clock, Name, Outcome, Rejection, RejectionKind, Verdict};
 use tokio::sync::Notify;
 
 use crate::State;
@@ -100,6 +100,27 @@ impl Shared {
     /// Records a completed call.
     #[inline]
     pub(crate) fn complete(&self, ticket: Ticket, verdict: Verdict) {
+        if matches!(ticket, Ticket::Closed { .. })
+            && verdict.outcome == Outcome::Success
+            && !verdict.slow
+            && self.machine.clean_success_is_noop()
+        {
+            if let Some(m) = &self.metrics {
+                m.call(Outcome::Success, false);
+            }
+            if !self.observers.is_empty() {
+                self.observers.emit(&BreakerEvent::Call {
+                    outcome: Outcome::Success,
+                    slow: false,
+                });
+            }
+            return;
+        }
+        self.complete_slow(ticket, verdict);
+    }
+
+    #[cold]
+    fn complete_slow(&self, ticket: Ticket, verdict: Verdict) {
         let (transition, rates) = self
             .machine
             .complete(ticket, verdict, || self.clock.now_nanos());

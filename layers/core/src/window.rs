@@ -186,6 +186,13 @@ impl CountWindow {
         (snapshot_of(before.wrapping_add(delta)), delta != 0)
     }
 
+    /// Whether the window is full of clean calls (recording another clean call
+    /// would change nothing).
+    #[inline]
+    pub fn is_full_and_clean(&self) -> bool {
+        self.totals.load(Ordering::Acquire) == self.slots.len() as u64
+    }
+
     /// The counts now.
     #[inline]
     pub fn snapshot(&self) -> WindowSnapshot {
