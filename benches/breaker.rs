@@ -13,7 +13,7 @@
 //! path. Each call is `ready().await` then `call(x).await`, on a service built once
 //! outside the measured loop so the breaker's state accumulates across iterations.
 //!
-//! Run with `cargo bench --bench breaker`.
+//! Run with `cargo bench -p palisade-benches --bench breaker`.
 
 // Benches measure wall time: `std::time::Instant` is the right clock here (the
 // workspace forbids it elsewhere so that tests can run on tokio's paused clock).

@@ -15,7 +15,7 @@
 //! Each call is `ready().await` then `call(x).await`, on a service built once
 //! outside the measured loop.
 //!
-//! Run with `cargo bench --bench retry_timeout`.
+//! Run with `cargo bench -p palisade-benches --bench retry_timeout`.
 
 // Benches measure wall time: `std::time::Instant` is the right clock here (the
 // workspace forbids it elsewhere so that tests can run on tokio's paused clock).
