@@ -2,7 +2,7 @@
 //!
 //! A [`RateLimitLayer`] lets `rate` calls through per `per` (bursts of up to `burst`),
 //! and either refuses the rest at once or lets a call wait up to `max_wait` — never
-//! past the request's [`Deadline`](palisade_core::Deadline) — for a permit. A refusal
+//! past the request's [`Deadline`] — for a permit. A refusal
 //! is a [`RateLimited`](RejectionKind::RateLimited) rejection carrying the wait that
 //! governor computed as its retry-after.
 //!
