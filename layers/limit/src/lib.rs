@@ -2,15 +2,16 @@
 //!
 //! - [`rate`]: GCRA rate limiting through `governor`, direct or keyed (bounded
 //!   key store), rejecting at once or waiting up to a bound.
+//! - [`bulkhead`]: a cap on concurrent calls with a bounded wait queue; lock-free
+//!   permits, no waiter-list lock on release unless someone waits.
 //! - [`adaptive`]: a concurrency limit that follows measured latency (AIMD,
 //!   Gradient2).
 //! - [`throttle`]: Google SRE client-side adaptive throttling.
 //! - [`shed`]: inbound load shedding with criticality classes.
-//!
-//! A bulkhead is being added to this crate.
 #![forbid(unsafe_code)]
 
 pub mod adaptive;
+pub mod bulkhead;
 pub mod rate;
 #[cfg(feature = "http")]
 pub mod shed;
