@@ -37,6 +37,7 @@
 
 pub use palisade_breaker as breaker;
 pub use palisade_core as core;
+pub use palisade_limit as limit;
 pub use palisade_retry as retry;
 pub use palisade_timeout as timeout;
 

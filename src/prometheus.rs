@@ -13,7 +13,19 @@
 
 use std::net::SocketAddr;
 
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+/// Histogram buckets (seconds) for every Palisade `*_seconds` histogram: from half a
+/// millisecond to ten seconds, so both fast rejections and slow calls resolve.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A builder with Palisade's histogram buckets set.
+pub fn builder() -> Result<PrometheusBuilder, InstallError> {
+    Ok(PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)?)
+}
 pub use metrics_exporter_prometheus::PrometheusHandle;
 
 /// The exporter could not be installed.
@@ -33,5 +45,5 @@ pub fn install(listen: SocketAddr) -> Result<(), InstallError> {
 /// Installs a global Prometheus recorder without a listener, returning the handle
 /// that renders the text exposition (for serving `/metrics` from your own router).
 pub fn install_recorder() -> Result<PrometheusHandle, InstallError> {
-    Ok(PrometheusBuilder::new().install_recorder()?)
+    Ok(builder()?.install_recorder()?)
 }

@@ -229,3 +229,21 @@ async fn series_are_zero_filled_and_follow_the_breaker() {
         0.0
     );
 }
+
+#[test]
+fn seconds_histograms_get_palisade_buckets() {
+    let recorder = palisade::prometheus::builder().unwrap().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        metrics::histogram!("palisade_test_wait_seconds", "downstream" => "d").record(0.003);
+    });
+    let text = handle.render();
+    assert!(
+        text.contains(r#"palisade_test_wait_seconds_bucket{downstream="d",le="0.0025"} 0"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"palisade_test_wait_seconds_bucket{downstream="d",le="0.005"} 1"#),
+        "{text}"
+    );
+}

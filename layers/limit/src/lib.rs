@@ -16,3 +16,8 @@ pub mod rate;
 #[cfg(feature = "http")]
 pub mod shed;
 pub mod throttle;
+
+// The README's snippets are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
