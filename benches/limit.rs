@@ -80,7 +80,12 @@ fn ratelimit(c: &mut Criterion) {
             .build()
             .expect("valid tower-resilience rate limiter")
     });
-    single(&mut group, &rt, "tower_resilience", &tower_resilience.layer(inner()));
+    single(
+        &mut group,
+        &rt,
+        "tower_resilience",
+        &tower_resilience.layer(inner()),
+    );
     group.finish();
 }
 
@@ -115,8 +120,18 @@ fn bulkhead(c: &mut Criterion) {
         .sample_size(30);
     single(&mut group, &single_rt, "raw", &inner());
     single(&mut group, &single_rt, "palisade", &palisade);
-    single(&mut group, &single_rt, "tower_concurrency_limit", &tower_limit);
-    single(&mut group, &single_rt, "tower_resilience", &tower_resilience);
+    single(
+        &mut group,
+        &single_rt,
+        "tower_concurrency_limit",
+        &tower_limit,
+    );
+    single(
+        &mut group,
+        &single_rt,
+        "tower_resilience",
+        &tower_resilience,
+    );
     group.finish();
 
     let mut group = c.benchmark_group("bulkhead_contended");
@@ -126,8 +141,18 @@ fn bulkhead(c: &mut Criterion) {
         .sample_size(30);
     contended(&mut group, &contended_rt, "raw", &inner());
     contended(&mut group, &contended_rt, "palisade", &palisade);
-    contended(&mut group, &contended_rt, "tower_concurrency_limit", &tower_limit);
-    contended(&mut group, &contended_rt, "tower_resilience", &tower_resilience);
+    contended(
+        &mut group,
+        &contended_rt,
+        "tower_concurrency_limit",
+        &tower_limit,
+    );
+    contended(
+        &mut group,
+        &contended_rt,
+        "tower_resilience",
+        &tower_resilience,
+    );
     group.finish();
 }
 
