@@ -132,11 +132,12 @@ impl Latencies {
     }
 
     fn percentile_us(&self, p: f64) -> u64 {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
+        // A stack copy: this runs on the call path (every 64th call), so no
+        // allocation, and one consistent-enough read of each bucket.
+        let mut counts = [0u64; BUCKETS];
+        for (count, bucket) in counts.iter_mut().zip(self.buckets.iter()) {
+            *count = bucket.load(Ordering::Relaxed);
+        }
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return 0;
