@@ -1,0 +1,2 @@
+//! The Palisade demo order system (under construction).
+fn main() {}
