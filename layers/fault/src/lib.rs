@@ -64,6 +64,7 @@ mod header;
 mod layer;
 pub mod metrics;
 pub mod protocol;
+pub mod proxy;
 mod service;
 
 pub use config::{
