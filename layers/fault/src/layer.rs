@@ -5,7 +5,7 @@ use tower_layer::Layer;
 
 use crate::config::FaultConfig;
 use crate::handle::{FaultHandle, Shared};
-use crate::protocol::{AnyRequest, Custom, Http};
+use crate::protocol::{AnyRequest, Custom, Http, HttpWith};
 use crate::service::Fault;
 
 /// Injects latency, errors and connection failures into the calls of the services
@@ -87,6 +87,33 @@ impl FaultLayer<Http, AnyRequest> {
     pub fn http(name: &str) -> Result<Self, ConfigError> {
         let shared = Shared::new(checked_name(name)?, true);
         Ok(Self::from_parts(shared, Http))
+    }
+}
+
+impl<F> FaultLayer<HttpWith<F>, AnyRequest> {
+    /// A layer for HTTP services whose response body has no `Default` (such as
+    /// hyper's `Incoming` on a client): `error` builds the result of an injected
+    /// error from the status. Otherwise the same as [`FaultLayer::http`].
+    ///
+    /// ```
+    /// use palisade_core::BoxError;
+    /// use palisade_fault::FaultLayer;
+    ///
+    /// // A client whose responses cannot be made up fails the call instead.
+    /// let layer = FaultLayer::http_with("catalog", |status: u16| {
+    ///     Err::<http::Response<hyper::body::Incoming>, BoxError>(
+    ///         format!("injected {status}").into(),
+    ///     )
+    /// })?;
+    /// # drop(layer);
+    /// # Ok::<(), palisade_core::ConfigError>(())
+    /// ```
+    pub fn http_with<RB>(name: &str, error: F) -> Result<Self, ConfigError>
+    where
+        F: Fn(u16) -> Result<http::Response<RB>, BoxError>,
+    {
+        let shared = Shared::new(checked_name(name)?, true);
+        Ok(Self::from_parts(shared, HttpWith { error }))
     }
 }
 
@@ -193,7 +220,7 @@ impl<P, M> FaultLayer<P, M> {
     }
 }
 
-impl<M> FaultLayer<Http, M> {
+impl<P: HttpProtocol, M> FaultLayer<P, M> {
     /// Lets each request ask for its own faults with the
     /// [`x-palisade-fault`](crate::FAULT_HEADER) header (e.g.
     /// `delay=200ms;error=503`), applied for certain and instead of the configured
@@ -215,4 +242,16 @@ impl<S, P, M> Layer<S> for FaultLayer<P, M> {
     fn layer(&self, inner: S) -> Self::Service {
         Fault::new(inner, Arc::clone(&self.handle.shared), self.setup.clone())
     }
+}
+
+/// The protocols whose requests can carry the fault header.
+pub trait HttpProtocol: sealed::Sealed {}
+
+impl HttpProtocol for Http {}
+impl<F> HttpProtocol for HttpWith<F> {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Http {}
+    impl<F> Sealed for super::HttpWith<F> {}
 }

@@ -17,6 +17,9 @@
 //!   Otherwise the header is stripped.
 //! - A seed ([`FaultLayer::seed`]) makes the random choices reproducible for tests.
 //! - [`metrics`] lists the series recorded: `palisade_fault_injected_total`.
+//! - [`proxy::ChaosProxy`] is a TCP proxy for network faults between a client and
+//!   a real server: latency per direction, resets mid-stream, blackhole, bandwidth
+//!   cap, refused connections.
 //!
 //! ```
 //! use palisade_fault::{ErrorFault, FaultConfig, FaultLayer, LatencyFault};
@@ -75,6 +78,12 @@ pub use future::ResponseFuture;
 pub use handle::FaultHandle;
 pub use header::{FAULT_HEADER, HeaderFaultError, RequestedFaults};
 pub use layer::FaultLayer;
+pub use layer::HttpProtocol;
 pub use metrics::FaultKind;
-pub use protocol::{AnyRequest, Custom, Http, Predicate, Protocol};
+pub use protocol::{AnyRequest, Custom, Http, HttpWith, Predicate, Protocol};
 pub use service::Fault;
+
+// The README's snippets are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

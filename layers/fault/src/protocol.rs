@@ -66,28 +66,7 @@ where
         req: &mut http::Request<B>,
         read: bool,
     ) -> Option<Result<RequestedFaults, HeaderFaultError>> {
-        let headers = req.headers_mut();
-        if !headers.contains_key(FAULT_HEADER) {
-            return None;
-        }
-        let mut values = match headers.entry(FAULT_HEADER) {
-            http::header::Entry::Occupied(entry) => entry.remove_entry_mult().1,
-            http::header::Entry::Vacant(_) => return None,
-        };
-        if !read {
-            return None;
-        }
-        let first = values.next();
-        if values.next().is_some() {
-            return Some(Err(HeaderFaultError::parse_error(
-                "is given more than once",
-            )));
-        }
-        let value = first?;
-        Some(match value.to_str() {
-            Ok(text) => RequestedFaults::parse(text),
-            Err(_) => Err(HeaderFaultError::parse_error("is not visible ASCII")),
-        })
+        take_fault_header(req, read)
     }
 
     fn error(&self, status: u16) -> Result<http::Response<RB>, BoxError> {
@@ -98,6 +77,79 @@ where
         tracing::warn!(%error, "fault header refused");
         Ok(response(400, "invalid"))
     }
+}
+
+/// The protocol of HTTP services whose response body has no `Default` (such as
+/// hyper's `Incoming` on a client): like [`Http`], but the closure builds the result
+/// of an injected error (or of an unreadable fault header, with status 400) from the
+/// status, e.g. an `Err` for a client whose responses cannot be made up.
+#[derive(Clone, Copy)]
+pub struct HttpWith<F> {
+    pub(crate) error: F,
+}
+
+impl<F> std::fmt::Debug for HttpWith<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpWith")
+    }
+}
+
+impl<B, RB, F> Protocol<http::Request<B>, http::Response<RB>> for HttpWith<F>
+where
+    F: Fn(u16) -> Result<http::Response<RB>, BoxError> + Send + Sync + 'static,
+{
+    #[inline]
+    fn matches(&self, rule: &RequestRule, req: &http::Request<B>) -> bool {
+        rule.matches(req)
+    }
+
+    #[inline]
+    fn take_requested(
+        &self,
+        req: &mut http::Request<B>,
+        read: bool,
+    ) -> Option<Result<RequestedFaults, HeaderFaultError>> {
+        take_fault_header(req, read)
+    }
+
+    fn error(&self, status: u16) -> Result<http::Response<RB>, BoxError> {
+        (self.error)(status)
+    }
+
+    fn bad_header(&self, error: HeaderFaultError) -> Result<http::Response<RB>, BoxError> {
+        tracing::warn!(%error, "fault header refused");
+        (self.error)(400)
+    }
+}
+
+/// Removes the fault header from `req`; reads it when `read`.
+#[inline]
+fn take_fault_header<B>(
+    req: &mut http::Request<B>,
+    read: bool,
+) -> Option<Result<RequestedFaults, HeaderFaultError>> {
+    let headers = req.headers_mut();
+    if !headers.contains_key(FAULT_HEADER) {
+        return None;
+    }
+    let mut values = match headers.entry(FAULT_HEADER) {
+        http::header::Entry::Occupied(entry) => entry.remove_entry_mult().1,
+        http::header::Entry::Vacant(_) => return None,
+    };
+    if !read {
+        return None;
+    }
+    let first = values.next();
+    if values.next().is_some() {
+        return Some(Err(HeaderFaultError::parse_error(
+            "is given more than once",
+        )));
+    }
+    let value = first?;
+    Some(match value.to_str() {
+        Ok(text) => RequestedFaults::parse(text),
+        Err(_) => Err(HeaderFaultError::parse_error("is not visible ASCII")),
+    })
 }
 
 /// The protocol of any other service: an injected error is what the closure builds

@@ -513,3 +513,61 @@ async fn counts_injected_faults_by_kind() {
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn clients_without_default_bodies_fail_injected_errors() {
+    struct NoDefault;
+    let layer = FaultLayer::http_with("catalog", |status: u16| {
+        Err::<http::Response<NoDefault>, BoxError>(format!("injected {status}").into())
+    })
+    .unwrap()
+    .allow_header_faults(true)
+    .with_config(FaultConfig {
+        error: Some(ErrorFault::new(100.0, 502)),
+        matching: Some(RequestMatch {
+            path_prefix: Some("/prices".into()),
+            ..RequestMatch::default()
+        }),
+        ..FaultConfig::default()
+    })
+    .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_req: Request| async { Ok::<_, Infallible>(http::Response::new(NoDefault)) });
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("/prices/1"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.to_string(), "downstream error: injected 502");
+    assert!(svc.ready().await.unwrap().call(get("/other")).await.is_ok());
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(with_fault_header(get("/other"), "error=504"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.to_string(), "downstream error: injected 504");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repeated_fault_header_is_refused() {
+    let backend = Backend::default();
+    let layer = FaultLayer::http("order").unwrap().allow_header_faults(true);
+    let mut svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(backend.service());
+    let mut req = with_fault_header(get("/"), "delay=1s");
+    req.headers_mut()
+        .append(FAULT_HEADER, http::HeaderValue::from_static("error=503"));
+    assert_eq!(
+        send(&mut svc, req).await,
+        (Seen::Status(400), Duration::ZERO)
+    );
+    assert_eq!(backend.calls(), 0);
+}
