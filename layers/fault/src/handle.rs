@@ -149,7 +149,8 @@ impl Active {
                 l.min + Duration::from_nanos(rng.u64(0..=l.span_nanos))
             }),
             _ => None,
-        };
+        }
+        .filter(|d| !d.is_zero());
         let action = if self.error_below > 0.0 {
             let r = roll(rng);
             if r < self.abort_below {
@@ -219,6 +220,15 @@ impl FaultHandle {
         tracing::info!(downstream = %self.shared.name, config = ?active.config, "faults set");
         self.shared.active.store(Some(Arc::new(active)));
         Ok(())
+    }
+
+    /// Changes part of the faults in force, e.g.
+    /// `handle.update(|c| c.error = None)`. The result is validated as by
+    /// [`FaultHandle::set`].
+    pub fn update(&self, change: impl FnOnce(&mut FaultConfig)) -> Result<(), ConfigError> {
+        let mut config = self.config();
+        change(&mut config);
+        self.set(config)
     }
 
     /// Stops injecting faults.

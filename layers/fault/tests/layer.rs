@@ -322,6 +322,23 @@ async fn faults_change_at_runtime_for_every_clone() {
     handle.set(FaultConfig::default()).unwrap();
     assert!(!handle.is_active());
     assert_eq!(send(&mut a, get("/")).await.0, Seen::Ok);
+
+    // Part of the config changed in place; a bad change leaves the old one in force.
+    handle
+        .set(FaultConfig {
+            error: Some(ErrorFault::new(100.0, 500)),
+            ..FaultConfig::default()
+        })
+        .unwrap();
+    handle
+        .update(|c| c.error.as_mut().unwrap().status = 504)
+        .unwrap();
+    assert_eq!(send(&mut a, get("/")).await.0, Seen::Status(504));
+    let refused = handle
+        .update(|c| c.error.as_mut().unwrap().status = 200)
+        .unwrap_err();
+    assert_eq!(refused.field(), "error.status");
+    assert_eq!(send(&mut b, get("/")).await.0, Seen::Status(504));
 }
 
 fn with_fault_header(mut req: Request, value: &str) -> Request {
