@@ -208,11 +208,26 @@ async fn a_blackhole_times_out_the_client() {
         0,
         "nothing reached the upstream"
     );
-    assert_eq!(
-        proxy.connections(),
-        1,
-        "the connection was accepted and held"
+
+    // Accepted and held open, never answered.
+    let mut raw = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        timeout(Duration::from_millis(300), raw.read(&mut buf))
+            .await
+            .is_err()
     );
+    for _ in 0..500 {
+        if proxy.connections() >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(proxy.connections() >= 1, "the connection was accepted");
+    assert_eq!(requests.load(Ordering::SeqCst), 0);
 
     proxy.update(|c| c.blackhole = false).unwrap();
     assert_eq!(&get(proxy.local_addr(), "/").await.unwrap()[..], b"hello");
