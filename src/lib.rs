@@ -48,8 +48,17 @@ pub use palisade_core::{
 #[cfg(feature = "http")]
 pub use palisade_core::{HttpClassifier, REJECTION_HEADER};
 
+pub mod downstream;
+#[cfg(feature = "http")]
+pub mod inbound;
+#[cfg(feature = "prometheus")]
+pub mod metrics;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
+
+pub use downstream::{BoxDownstream, Downstream, DownstreamHandle};
+#[cfg(feature = "http")]
+pub use inbound::Inbound;
 
 // The README's snippets are compiled and run as doc tests.
 #[cfg(doctest)]

@@ -36,9 +36,7 @@ pub struct InstallError(#[from] metrics_exporter_prometheus::BuildError);
 /// Installs a global Prometheus recorder serving `/metrics` over HTTP on `listen`.
 /// Needs a running tokio runtime.
 pub fn install(listen: SocketAddr) -> Result<(), InstallError> {
-    PrometheusBuilder::new()
-        .with_http_listener(listen)
-        .install()?;
+    builder()?.with_http_listener(listen).install()?;
     Ok(())
 }
 

@@ -1,0 +1,251 @@
+//! The front of a downstream stack: the call's metrics and its total deadline.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use metrics::{Histogram, Key, Label, Metadata, Unit};
+use palisade_core::observe::{CounterSet, LabelValue, MetricScope, metric_name};
+use palisade_core::{Classify, Deadline, DeadlineScope, Error, Name, Outcome, Rejection, RejectionKind};
+use pin_project::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+static METADATA: Metadata<'static> =
+    Metadata::new("palisade", metrics::Level::INFO, Some("palisade"));
+
+/// How a call through a downstream stack ended, as its top-level metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallOutcome {
+    Success,
+    Failure,
+    Ignored,
+    Rejected,
+}
+
+impl LabelValue for CallOutcome {
+    const LABEL: &'static str = "outcome";
+    const ALL: &'static [Self] = &[
+        CallOutcome::Success,
+        CallOutcome::Failure,
+        CallOutcome::Ignored,
+        CallOutcome::Rejected,
+    ];
+    fn as_label(self) -> &'static str {
+        match self {
+            CallOutcome::Success => "success",
+            CallOutcome::Failure => "failure",
+            CallOutcome::Ignored => "ignored",
+            CallOutcome::Rejected => "rejected",
+        }
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The series one downstream records at its front.
+#[derive(Debug)]
+pub(crate) struct FrontMetrics {
+    pub(crate) calls: CounterSet<CallOutcome>,
+    pub(crate) duration: Histogram,
+}
+
+impl FrontMetrics {
+    pub(crate) fn register(name: &Name) -> Self {
+        Self::register_as("downstream", "call", name)
+    }
+
+    /// `palisade_<layer>_<what>s_total{outcome}` and `palisade_<layer>_<what>_duration_seconds`.
+    pub(crate) fn register_as(layer: &'static str, what: &'static str, name: &Name) -> Self {
+        let scope = MetricScope::new(layer, name.clone());
+        let metric = metric_name(layer, &format!("{what}_duration"), Some("seconds"), false);
+        let key = Key::from_parts(
+            metric.clone(),
+            vec![Label::new("downstream", name.as_str().to_owned())],
+        );
+        let duration = metrics::with_recorder(|r| {
+            r.describe_histogram(
+                metric.into(),
+                Some(Unit::Seconds),
+                if layer == "inbound" {
+                    "Time from a request entering the inbound stack to its response."
+                } else {
+                    "Time from a call entering the downstream stack to its answer, retries included."
+                }
+                .into(),
+            );
+            r.register_histogram(&key, &METADATA)
+        });
+        Self {
+            calls: scope.counter_set(
+                &format!("{what}s"),
+                if layer == "inbound" {
+                    "Requests served through the inbound stack, by how they ended (rejected: refused by a palisade layer)."
+                } else {
+                    "Calls made through the downstream stack, by how they ended (rejected: refused by a palisade layer)."
+                },
+            ),
+            duration,
+        }
+    }
+}
+
+/// What every clone of a front shares.
+#[derive(Debug)]
+pub(crate) struct FrontShared {
+    pub(crate) name: Name,
+    pub(crate) total: Option<Duration>,
+    pub(crate) metrics: Option<FrontMetrics>,
+}
+
+/// The outermost service of a [`Downstream`](super::Downstream) stack: it sets the
+/// call's deadline (the total timeout, or the caller's deadline if that is earlier)
+/// for every layer below, cuts the call off when it passes, and records the call's
+/// outcome and duration.
+#[derive(Debug, Clone)]
+pub struct Front<S, C> {
+    inner: S,
+    classify: C,
+    shared: Arc<FrontShared>,
+}
+
+impl<S, C> Front<S, C> {
+    pub(crate) fn new(inner: S, classify: C, shared: Arc<FrontShared>) -> Self {
+        Self {
+            inner,
+            classify,
+            shared,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, C, Req> Service<Req> for Front<S, C>
+where
+    S: Service<Req, Error = Error>,
+    C: Classify<S::Response, Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = FrontFuture<S::Future, C>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let metrics = self.shared.metrics.is_some();
+        let start = if metrics || self.shared.total.is_some() {
+            Some(Instant::now())
+        } else {
+            None
+        };
+        let deadline = match (self.shared.total, start) {
+            (Some(total), Some(now)) => {
+                let own = now
+                    .checked_add(total)
+                    .map(Deadline::at)
+                    .unwrap_or_else(|| Deadline::after(total));
+                Some(match Deadline::current() {
+                    Some(outer) => outer.min(own),
+                    None => own,
+                })
+            }
+            _ => None,
+        };
+        let (inner, timer) = match deadline {
+            Some(d) => {
+                let fut = d.sync_scope(|| self.inner.call(req));
+                (
+                    Scoped::Scoped(d.scoped(fut)),
+                    Timer::Armed(tokio::time::sleep_until(d.instant())),
+                )
+            }
+            None => (Scoped::Plain(self.inner.call(req)), Timer::Idle),
+        };
+        FrontFuture {
+            inner,
+            timer,
+            start,
+            classify: self.classify.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+#[pin_project(project = ScopedProj)]
+#[derive(Debug)]
+enum Scoped<F> {
+    Plain(#[pin] F),
+    Scoped(#[pin] DeadlineScope<F>),
+}
+
+#[pin_project(project = TimerProj)]
+#[derive(Debug)]
+enum Timer {
+    Idle,
+    Armed(#[pin] Sleep),
+}
+
+/// The response future of [`Front`].
+#[pin_project]
+#[derive(Debug)]
+pub struct FrontFuture<F, C> {
+    #[pin]
+    inner: Scoped<F>,
+    #[pin]
+    timer: Timer,
+    start: Option<Instant>,
+    classify: C,
+    shared: Arc<FrontShared>,
+}
+
+impl<F, C, T> Future for FrontFuture<F, C>
+where
+    F: Future<Output = Result<T, Error>>,
+    C: Classify<T, Error>,
+{
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let polled = match this.inner.project() {
+            ScopedProj::Plain(f) => f.poll(cx),
+            ScopedProj::Scoped(f) => f.poll(cx),
+        };
+        let result = match polled {
+            Poll::Ready(result) => result,
+            Poll::Pending => match this.timer.project() {
+                TimerProj::Armed(sleep) => match sleep.poll(cx) {
+                    Poll::Ready(()) => Err(Error::Rejected(
+                        Rejection::new(RejectionKind::DeadlineExceeded)
+                            .with_downstream(this.shared.name.clone()),
+                    )),
+                    Poll::Pending => return Poll::Pending,
+                },
+                TimerProj::Idle => return Poll::Pending,
+            },
+        };
+        if let (Some(metrics), Some(start)) = (&this.shared.metrics, *this.start) {
+            let outcome = match &result {
+                Err(Error::Rejected(_)) => CallOutcome::Rejected,
+                other => match this.classify.classify(other.as_ref()) {
+                    Outcome::Success => CallOutcome::Success,
+                    Outcome::Failure(_) => CallOutcome::Failure,
+                    Outcome::Ignored => CallOutcome::Ignored,
+                },
+            };
+            metrics.calls.get(outcome).increment(1);
+            metrics.duration.record(start.elapsed().as_secs_f64());
+        }
+        Poll::Ready(result)
+    }
+}
