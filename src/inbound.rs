@@ -45,180 +45,292 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use palisade_core::{BoxError, ConfigError, Error, Name};
-use palisade_limit::adaptive::{AdaptiveLimit, AdaptiveLimitConfig, AdaptiveLimitLayer};
-use palisade_limit::rate::{KeyedRateLimit, KeyedRateLimitLayer, RateLimitConfig, RateLimitLayer};
-use palisade_limit::shed::{LoadShed, LoadShedLayer};
-use palisade_timeout::deadline::{InboundDeadline, InboundDeadlineLayer};
+use palisade_core::{BoxError, ConfigError, Error, HttpClassifier, Name};
+use palisade_limit::adaptive::{AdaptiveLimitConfig, AdaptiveLimitLayer};
+use palisade_limit::rate::{KeyedRateLimitLayer, RateLimitConfig, RateLimitLayer};
+use palisade_limit::shed::LoadShedLayer;
+use palisade_timeout::deadline::InboundDeadlineLayer;
 use pin_project::pin_project;
 use tokio::time::Instant;
+use tower::layer::util::{Identity, Stack};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::downstream::Stage;
 use crate::downstream::front::{CallOutcome, FrontMetrics};
-
-/// The key function of an [`Inbound`] without a keyed rate limit.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoKey;
-
-/// The deadline-extraction stage.
-pub type DeadlineStage<S> = Stage<InboundDeadline<S>, S>;
-/// The adaptive limit stage (server side), classifying HTTP responses.
-pub type AdaptiveStage<S> =
-    Stage<AdaptiveLimit<DeadlineStage<S>, palisade_core::HttpClassifier>, DeadlineStage<S>>;
-/// The load shedding stage.
-pub type ShedStage<S> = Stage<LoadShed<AdaptiveStage<S>>, AdaptiveStage<S>>;
-
-/// The keyed rate limit stage: on with a key function, off with [`NoKey`].
-#[derive(Debug, Clone)]
-pub enum RateStage<S, F> {
-    /// Rate limited per key.
-    On(KeyedRateLimit<S, F>),
-    /// No rate limit.
-    Off(S),
-}
-
-/// The whole server-side stack an [`Inbound`] builds around a handler `S`.
-pub type InboundService<S, F = NoKey> = Answer<RateStage<ShedStage<S>, F>>;
+use crate::downstream::Off;
 
 /// The server-side policies, assembled in order as one [`tower::Layer`] for HTTP
-/// services; see the [module docs](self).
-pub struct Inbound<F = NoKey> {
+/// services; see the [module docs](self). `L` is the stack of configured layers
+/// (left-out policies are [`Identity`] and cost nothing).
+#[derive(Clone)]
+pub struct Inbound<L> {
     name: Name,
     metrics: Option<Arc<FrontMetrics>>,
-    rate: Option<KeyedRateLimitLayer<F>>,
-    shed: Option<Arc<LoadShedLayer>>,
-    adaptive: Option<AdaptiveLimitLayer<palisade_core::HttpClassifier>>,
-    deadline: Option<InboundDeadlineLayer>,
+    layers: L,
 }
 
-impl<F: Clone> Clone for Inbound<F> {
-    fn clone(&self) -> Self {
-        Self {
-            name: self.name.clone(),
-            metrics: self.metrics.clone(),
-            rate: self.rate.clone(),
-            shed: self.shed.clone(),
-            adaptive: self.adaptive.clone(),
-            deadline: self.deadline.clone(),
-        }
-    }
-}
-
-impl<F> std::fmt::Debug for Inbound<F> {
+impl<L> std::fmt::Debug for Inbound<L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inbound")
             .field("name", &self.name)
-            .field("rate_limit", &self.rate.is_some())
-            .field("shed", &self.shed.is_some())
-            .field("adaptive_limit", &self.adaptive.is_some())
-            .field("deadline", &self.deadline.as_ref().map(InboundDeadlineLayer::max))
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
-impl Inbound {
+impl Inbound<()> {
     /// Starts the inbound stack of the service `name` (the `downstream` label of its
     /// metrics).
     pub fn builder(name: &str) -> InboundBuilder {
         InboundBuilder {
             name: name.to_owned(),
-            rate: None,
-            key: NoKey,
-            keys: (100_000, Duration::from_secs(600)),
-            shed: None,
-            adaptive: None,
-            deadline: None,
+            rate: Off,
+            admission: Off,
+            deadline: Off,
             metrics: true,
         }
     }
 }
 
-impl<S, F: Clone> Layer<S> for Inbound<F> {
-    type Service = InboundService<S, F>;
+impl<S, L: Layer<S>> Layer<S> for Inbound<L> {
+    type Service = Answer<L::Service>;
 
     fn layer(&self, handler: S) -> Self::Service {
-        let s = match &self.deadline {
-            Some(l) => Stage::On(l.layer(handler)),
-            None => Stage::Off(handler),
-        };
-        let s = match &self.adaptive {
-            Some(l) => Stage::On(l.layer(s)),
-            None => Stage::Off(s),
-        };
-        let s = match &self.shed {
-            Some(l) => Stage::On(l.layer(s)),
-            None => Stage::Off(s),
-        };
-        let s = match &self.rate {
-            Some(l) => RateStage::On(l.layer(s)),
-            None => RateStage::Off(s),
-        };
         Answer {
-            inner: s,
+            inner: self.layers.layer(handler),
             metrics: self.metrics.clone(),
         }
     }
 }
 
-/// Builds an [`Inbound`]; every policy is optional.
-#[derive(Debug)]
-pub struct InboundBuilder<F = NoKey> {
-    name: String,
-    rate: Option<RateLimitConfig>,
+/// A keyed rate limit: its settings, the key function and the bound on keys.
+#[derive(Debug, Clone)]
+pub struct KeyedRate<F> {
+    config: RateLimitConfig,
     key: F,
-    keys: (usize, Duration),
-    shed: Option<(usize, Duration)>,
-    adaptive: Option<AdaptiveLimitConfig>,
-    deadline: Option<Duration>,
+    capacity: usize,
+    idle: Duration,
+}
+
+/// How an inbound rate-limit slot builds its layer ([`Off`] or [`KeyedRate`]).
+pub trait RateSlot {
+    /// The layer ([`Identity`] when off).
+    type Layer: Clone;
+    /// Builds it for service `name`.
+    fn build(self, name: &str) -> Result<Self::Layer, ConfigError>;
+}
+
+impl RateSlot for Off {
+    type Layer = Identity;
+    fn build(self, _: &str) -> Result<Identity, ConfigError> {
+        Ok(Identity::new())
+    }
+}
+
+impl<F: Clone> RateSlot for KeyedRate<F> {
+    type Layer = KeyedRateLimitLayer<F>;
+    fn build(self, name: &str) -> Result<Self::Layer, ConfigError> {
+        RateLimitLayer::builder(name)
+            .config(self.config)
+            .build_keyed(self.key, self.capacity, self.idle)
+            .map_err(|e| e.within("rate_limit"))
+    }
+}
+
+/// Load shedding past a fixed in-flight limit, or after waiting past a queue target.
+#[derive(Debug, Clone, Copy)]
+pub struct Shed {
+    max_in_flight: usize,
+    queue_target: Duration,
+}
+
+/// An adaptive limit on the handler's latency; requests past it are shed.
+#[derive(Debug, Clone)]
+pub struct AdaptiveShed {
+    config: AdaptiveLimitConfig,
+    queue_target: Option<Duration>,
+}
+
+/// How an admission slot builds its layers ([`Off`], [`Shed`] or [`AdaptiveShed`]).
+pub trait AdmissionSlot {
+    /// The layer ([`Identity`] when off).
+    type Layer: Clone;
+    /// Builds it for service `name`.
+    fn build(self, name: &str) -> Result<Self::Layer, ConfigError>;
+}
+
+impl AdmissionSlot for Off {
+    type Layer = Identity;
+    fn build(self, _: &str) -> Result<Identity, ConfigError> {
+        Ok(Identity::new())
+    }
+}
+
+/// A [`LoadShedLayer`] shared by every service it builds.
+#[derive(Debug, Clone)]
+pub struct SharedShed(Arc<LoadShedLayer>);
+
+impl<S> Layer<S> for SharedShed {
+    type Service = <LoadShedLayer as Layer<S>>::Service;
+    fn layer(&self, inner: S) -> Self::Service {
+        self.0.layer(inner)
+    }
+}
+
+impl AdmissionSlot for Shed {
+    type Layer = SharedShed;
+
+    fn build(self, name: &str) -> Result<Self::Layer, ConfigError> {
+        let shed = LoadShedLayer::builder(name)
+            .max_in_flight(self.max_in_flight)
+            .queue_target(self.queue_target)
+            .build()
+            .map_err(|e| e.within("shed"))?;
+        Ok(SharedShed(Arc::new(shed)))
+    }
+}
+
+impl AdmissionSlot for AdaptiveShed {
+    /// The adaptive limit (inner) under the shedder (outer), which reads its limit.
+    type Layer = Stack<AdaptiveLimitLayer<HttpClassifier>, SharedShed>;
+
+    fn build(self, name: &str) -> Result<Self::Layer, ConfigError> {
+        let adaptive = AdaptiveLimitLayer::builder(name)
+            .config(self.config)
+            .classify(HttpClassifier)
+            .build()
+            .map_err(|e| e.within("adaptive_limit"))?;
+        let handle = adaptive.handle();
+        let mut shed = LoadShedLayer::builder(name).limit_from(move || handle.limit() as usize);
+        if let Some(target) = self.queue_target {
+            shed = shed.queue_target(target);
+        }
+        let shed = shed.build().map_err(|e| e.within("shed"))?;
+        Ok(Stack::new(adaptive, SharedShed(Arc::new(shed))))
+    }
+}
+
+/// Deadline extraction: the longest deadline a caller may ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadlineMax(pub Duration);
+
+/// How a deadline slot builds its layer ([`Off`] or [`DeadlineMax`]).
+pub trait DeadlineSlot {
+    /// The layer ([`Identity`] when off).
+    type Layer: Clone;
+    /// Builds it for service `name`.
+    fn build(self, name: &str) -> Result<Self::Layer, ConfigError>;
+}
+
+impl DeadlineSlot for Off {
+    type Layer = Identity;
+    fn build(self, _: &str) -> Result<Identity, ConfigError> {
+        Ok(Identity::new())
+    }
+}
+
+impl DeadlineSlot for DeadlineMax {
+    type Layer = InboundDeadlineLayer;
+    fn build(self, name: &str) -> Result<Self::Layer, ConfigError> {
+        InboundDeadlineLayer::builder(name)
+            .max(self.0)
+            .build()
+            .map_err(|e| e.within("deadline"))
+    }
+}
+
+/// Builds an [`Inbound`]; every policy is optional. The type parameters record which
+/// are configured, so the built stack holds exactly those.
+#[derive(Debug)]
+pub struct InboundBuilder<R = Off, A = Off, D = Off> {
+    name: String,
+    rate: R,
+    admission: A,
+    deadline: D,
     metrics: bool,
 }
 
-impl<F> InboundBuilder<F> {
+/// The layers of an inbound stack, innermost first: deadline extraction, admission
+/// (adaptive limit and shedding), keyed rate limit.
+pub type InboundLayers<R, A, D> = Stack<D, Stack<A, R>>;
+
+impl<R, A, D> InboundBuilder<R, A, D> {
     /// Rate limits requests per key (API key, client address, route…) taken from the
-    /// request by `key`; requests over the rate get `429` with `Retry-After`.
-    pub fn rate_limit_by<F2>(self, config: RateLimitConfig, key: F2) -> InboundBuilder<F2> {
+    /// request by `key`; requests over the rate get `429` with `Retry-After`. At most
+    /// 100 000 keys are held, each forgotten after 10 minutes idle
+    /// ([`rate_limit_keys`](InboundBuilder::rate_limit_keys) changes that).
+    pub fn rate_limit_by<F, B, K>(
+        self,
+        config: RateLimitConfig,
+        key: F,
+    ) -> InboundBuilder<KeyedRate<F>, A, D>
+    where
+        F: Fn(&Request<B>) -> K + Clone,
+        K: Hash,
+    {
         InboundBuilder {
             name: self.name,
-            rate: Some(config),
-            key,
-            keys: self.keys,
-            shed: self.shed,
-            adaptive: self.adaptive,
+            rate: KeyedRate {
+                config,
+                key,
+                capacity: 100_000,
+                idle: Duration::from_secs(600),
+            },
+            admission: self.admission,
             deadline: self.deadline,
             metrics: self.metrics,
         }
     }
 
-    /// Bounds the keyed rate limiter's memory: at most `capacity` keys, each
-    /// forgotten after `idle` without requests. Default 100 000 keys, 10 minutes.
-    pub fn rate_limit_keys(mut self, capacity: usize, idle: Duration) -> Self {
-        self.keys = (capacity, idle);
-        self
-    }
-
     /// Sheds (`503`) requests past `max_in_flight` at once (scaled by criticality:
     /// see [`palisade_limit::shed`]) or that wait longer than `queue_target` for the
-    /// handler. With [`adaptive_limit`](Self::adaptive_limit) the in-flight limit
-    /// follows the adaptive limit instead, and `max_in_flight` is only its start.
-    pub fn max_in_flight(mut self, max_in_flight: usize, queue_target: Duration) -> Self {
-        self.shed = Some((max_in_flight, queue_target));
-        self
+    /// handler.
+    pub fn max_in_flight(
+        self,
+        max_in_flight: usize,
+        queue_target: Duration,
+    ) -> InboundBuilder<R, Shed, D> {
+        InboundBuilder {
+            name: self.name,
+            rate: self.rate,
+            admission: Shed {
+                max_in_flight,
+                queue_target,
+            },
+            deadline: self.deadline,
+            metrics: self.metrics,
+        }
     }
 
     /// An adaptive concurrency limit measured on the handler's latency; requests
-    /// over it are shed (`503`) at once.
-    pub fn adaptive_limit(mut self, config: AdaptiveLimitConfig) -> Self {
-        self.adaptive = Some(config);
-        self
+    /// past it (scaled by criticality), or waiting longer than `queue_target` for
+    /// the handler, are shed (`503`) at once.
+    pub fn adaptive_limit(
+        self,
+        config: AdaptiveLimitConfig,
+        queue_target: Option<Duration>,
+    ) -> InboundBuilder<R, AdaptiveShed, D> {
+        InboundBuilder {
+            name: self.name,
+            rate: self.rate,
+            admission: AdaptiveShed {
+                config,
+                queue_target,
+            },
+            deadline: self.deadline,
+            metrics: self.metrics,
+        }
     }
 
     /// Reads the caller's deadline (`grpc-timeout`, `x-palisade-deadline-ms`),
     /// capped at `max`, for every `Downstream` the handler calls.
-    pub fn deadline(mut self, max: Duration) -> Self {
-        self.deadline = Some(max);
-        self
+    pub fn deadline(self, max: Duration) -> InboundBuilder<R, A, DeadlineMax> {
+        InboundBuilder {
+            name: self.name,
+            rate: self.rate,
+            admission: self.admission,
+            deadline: DeadlineMax(max),
+            metrics: self.metrics,
+        }
     }
 
     /// Records no top-level metrics (the layers still record theirs).
@@ -226,153 +338,35 @@ impl<F> InboundBuilder<F> {
         self.metrics = false;
         self
     }
+}
 
+impl<F, A, D> InboundBuilder<KeyedRate<F>, A, D> {
+    /// Bounds the keyed rate limiter's memory: at most `capacity` keys, each
+    /// forgotten after `idle` without requests.
+    pub fn rate_limit_keys(mut self, capacity: usize, idle: Duration) -> Self {
+        self.rate.capacity = capacity;
+        self.rate.idle = idle;
+        self
+    }
+}
+
+impl<R: RateSlot, A: AdmissionSlot, D: DeadlineSlot> InboundBuilder<R, A, D> {
     /// Validates every policy and builds the layer; errors name the policy and field.
-    pub fn build(self) -> Result<Inbound<F>, ConfigError> {
+    #[allow(clippy::type_complexity)]
+    pub fn build(self) -> Result<Inbound<InboundLayers<R::Layer, A::Layer, D::Layer>>, ConfigError> {
         let name = Name::new(&self.name).map_err(|e| ConfigError::new("name", e.to_string()))?;
         let n = name.as_str();
-        let rate = match self.rate {
-            Some(config) => Some(
-                RateLimitLayer::builder(n)
-                    .config(config)
-                    .build_keyed(self.key, self.keys.0, self.keys.1)
-                    .map_err(|e| e.within("rate_limit"))?,
-            ),
-            None => None,
-        };
-        let adaptive = match self.adaptive {
-            Some(config) => Some(
-                AdaptiveLimitLayer::builder(n)
-                    .config(config)
-                    .classify(palisade_core::HttpClassifier)
-                    .build()
-                    .map_err(|e| e.within("adaptive_limit"))?,
-            ),
-            None => None,
-        };
-        let shed = match (self.shed, &adaptive) {
-            (None, None) => None,
-            (shed, adaptive) => {
-                let mut b = LoadShedLayer::builder(n);
-                b = match adaptive {
-                    Some(a) => {
-                        let handle = a.handle();
-                        b.limit_from(move || handle.limit() as usize)
-                    }
-                    None => b.max_in_flight(shed.map(|s| s.0).unwrap_or(0)),
-                };
-                if let Some((_, target)) = shed {
-                    b = b.queue_target(target);
-                }
-                Some(Arc::new(b.build().map_err(|e| e.within("shed"))?))
-            }
-        };
-        let deadline = match self.deadline {
-            Some(max) => Some(
-                InboundDeadlineLayer::builder(n)
-                    .max(max)
-                    .build()
-                    .map_err(|e| e.within("deadline"))?,
-            ),
-            None => None,
-        };
+        let rate = self.rate.build(n)?;
+        let admission = self.admission.build(n)?;
+        let deadline = self.deadline.build(n)?;
         let metrics = self
             .metrics
             .then(|| Arc::new(FrontMetrics::register_as("inbound", "request", &name)));
         Ok(Inbound {
             name,
             metrics,
-            rate,
-            shed,
-            adaptive,
-            deadline,
+            layers: Stack::new(deadline, Stack::new(admission, rate)),
         })
-    }
-}
-
-impl<S, B> Service<Request<B>> for RateStage<S, NoKey>
-where
-    S: Service<Request<B>, Error = Error>,
-{
-    type Response = S::Response;
-    type Error = Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        match self {
-            RateStage::On(_) => Poll::Ready(Ok(())),
-            RateStage::Off(s) => s.poll_ready(cx),
-        }
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        match self {
-            // Unreachable: a limiter needs a key function, and `NoKey` is not one.
-            RateStage::On(_) => unreachable_key(),
-            RateStage::Off(s) => s.call(req),
-        }
-    }
-}
-
-#[cold]
-fn unreachable_key() -> ! {
-    panic!("palisade: a keyed rate limit was built without a key function")
-}
-
-impl<S, B, F, K> Service<Request<B>> for RateStage<S, F>
-where
-    S: Service<Request<B>, Error = Error> + Clone,
-    F: Fn(&Request<B>) -> K + Clone,
-    K: Hash,
-{
-    type Response = S::Response;
-    type Error = Error;
-    type Future = RateFuture<S, Request<B>>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        match self {
-            RateStage::On(s) => s.poll_ready(cx),
-            RateStage::Off(s) => s.poll_ready(cx),
-        }
-    }
-
-    #[inline]
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        match self {
-            RateStage::On(s) => RateFuture::On(s.call(req)),
-            RateStage::Off(s) => RateFuture::Off(s.call(req)),
-        }
-    }
-}
-
-/// The response future of a keyed [`RateStage`].
-#[pin_project(project = RateProj)]
-pub enum RateFuture<S: Service<Req>, Req> {
-    /// Through the keyed limiter.
-    On(#[pin] palisade_limit::rate::KeyedFuture<S, Req>),
-    /// Straight to the inner service.
-    Off(#[pin] S::Future),
-}
-
-impl<S: Service<Req>, Req> std::fmt::Debug for RateFuture<S, Req> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RateFuture")
-    }
-}
-
-impl<S, Req> Future for RateFuture<S, Req>
-where
-    S: Service<Req, Error = Error>,
-{
-    type Output = Result<S::Response, Error>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            RateProj::On(f) => f.poll(cx),
-            RateProj::Off(f) => f.poll(cx),
-        }
     }
 }
 

@@ -24,8 +24,10 @@
 //! - **The per-try timeout is inside the retry**, so a timed-out attempt can be
 //!   retried, and inside the limits, so a hung attempt gives its permit back.
 //!
-//! The stack is one concrete type (no boxing per call); [`Downstream::boxed`] gives a
-//! nameable, cloneable [`BoxDownstream`] for code that must store it.
+//! The stack is one concrete type with exactly the policies you configured — a
+//! policy you leave out costs nothing, not even a branch — and no boxing per call;
+//! [`Downstream::boxed`] gives a nameable, cloneable [`BoxDownstream`] for code that
+//! must store it.
 //!
 //! ```
 //! use palisade::Downstream;
@@ -55,114 +57,67 @@
 
 pub(crate) mod front;
 mod hop;
-mod stage;
+mod slot;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_breaker::{BreakerConfig, BreakerHandle, CircuitBreaker, CircuitBreakerLayer};
+use palisade_breaker::{BreakerConfig, BreakerHandle};
 use palisade_core::{AllErrorsFail, ConfigError, Error, Name};
-use palisade_limit::adaptive::{
-    AdaptiveLimit, AdaptiveLimitConfig, AdaptiveLimitHandle, AdaptiveLimitLayer,
-};
-use palisade_limit::bulkhead::{Bulkhead, BulkheadConfig, BulkheadHandle, BulkheadLayer};
-use palisade_limit::rate::{RateLimit, RateLimitConfig, RateLimitHandle, RateLimitLayer};
-use palisade_limit::throttle::{Throttle, ThrottleConfig, ThrottleHandle, ThrottleLayer};
-use palisade_retry::{
-    CloneRequests, Hedge, HedgeDelay, HedgeLayer, Retry, RetryBudget, RetryConfig, RetryLayer,
-};
-use palisade_timeout::{Timeout, TimeoutLayer};
+use palisade_limit::adaptive::{AdaptiveLimitConfig, AdaptiveLimitHandle};
+use palisade_limit::bulkhead::{BulkheadConfig, BulkheadHandle};
+use palisade_limit::rate::{RateLimitConfig, RateLimitHandle};
+use palisade_limit::throttle::{ThrottleConfig, ThrottleHandle};
+use palisade_retry::{CloneRequests, HedgeDelay, RetryBudget, RetryConfig};
+use tower::layer::util::Stack;
 use tower_layer::Layer;
 
 pub use front::{Front, FrontFuture};
 #[cfg(feature = "http")]
 pub use hop::HttpDeadline;
 pub use hop::{HopSpec, RefuseLate, RefuseLateFuture, RefuseLateLayer, RefuseLateService};
-pub use stage::{Stage, StageFuture};
+pub use slot::{
+    AdaptiveSlot, BreakerSlot, BuildContext, BulkheadSlot, HedgeSlot, Off, RateSlot, RetrySlot,
+    Slot, ThrottleSlot, TimeoutSlot,
+};
+
 
 use front::{FrontMetrics, FrontShared};
-
-/// The per-try timeout stage around the endpoint.
-pub type TryStage<S> = Stage<Timeout<S>, S>;
-/// The deadline check (and, for HTTP, propagation) above the per-try timeout.
-pub type HopStage<S, H> = <<H as HopSpec>::Layer as Layer<TryStage<S>>>::Service;
-/// The client-side throttle stage.
-pub type ThrottleStage<S, C, H> = Stage<Throttle<HopStage<S, H>, C>, HopStage<S, H>>;
-/// The adaptive concurrency limit stage.
-pub type AdaptiveStage<S, C, H> = Stage<AdaptiveLimit<ThrottleStage<S, C, H>, C>, ThrottleStage<S, C, H>>;
-/// The bulkhead stage.
-pub type BulkheadStage<S, C, H> = Stage<Bulkhead<AdaptiveStage<S, C, H>>, AdaptiveStage<S, C, H>>;
-/// The rate limit stage.
-pub type RateStage<S, C, H> = Stage<RateLimit<BulkheadStage<S, C, H>>, BulkheadStage<S, C, H>>;
-/// The circuit breaker stage.
-pub type BreakerStage<S, C, H> = Stage<CircuitBreaker<RateStage<S, C, H>, C>, RateStage<S, C, H>>;
-/// The hedging stage.
-pub type HedgeStage<S, C, P, H> = Stage<Hedge<BreakerStage<S, C, H>, P, C>, BreakerStage<S, C, H>>;
-/// The retry stage.
-pub type RetryStage<S, C, P, H> = Stage<Retry<HedgeStage<S, C, P, H>, P, C>, HedgeStage<S, C, P, H>>;
-/// The whole stack a [`Downstream`] builds around an endpoint service `S`.
-pub type DownstreamService<S, C = AllErrorsFail, P = CloneRequests, H = RefuseLate> =
-    Front<RetryStage<S, C, P, H>, C>;
 
 /// A nameable, cloneable downstream stack: see [`Downstream::boxed`].
 pub type BoxDownstream<Req, Res> = tower::util::BoxCloneSyncService<Req, Res, Error>;
 
+/// The layers of a stack, innermost first: per-try timeout, deadline check (`H`),
+/// throttle, bulkhead or adaptive limit, rate limit, breaker, hedge, retry.
+pub type Layers<O, H, T, K, L, B, G, R> =
+    Stack<O, Stack<H, Stack<T, Stack<K, Stack<L, Stack<B, Stack<G, R>>>>>>>;
+
 /// One dependency's policies, assembled in the canonical order as one
 /// [`tower::Layer`]. See the [module docs](self) for the order and the rules it gives.
 ///
-/// `C` classifies results for every judging layer (breaker, retry, hedge, adaptive
-/// limit, throttle, metrics) so one decision means the same thing everywhere; `P` is
-/// the retry protocol (how a request is replayed); `H` how an attempt goes on the wire.
-pub struct Downstream<C = AllErrorsFail, P = CloneRequests, H: HopSpec = RefuseLate> {
+/// `L` is the stack of configured layers (left-out policies are
+/// [`Identity`](tower::layer::util::Identity) and cost nothing); `C` classifies
+/// results for the front's metrics, and every judging layer (breaker, retry, hedge,
+/// adaptive limit, throttle) was built with the same classifier.
+#[derive(Clone)]
+pub struct Downstream<L, C = AllErrorsFail> {
     front: Arc<FrontShared>,
     classify: C,
-    retry: Option<RetryLayer<P, C>>,
-    hedge: Option<HedgeLayer<P, C>>,
-    breaker: Option<CircuitBreakerLayer<C>>,
-    rate: Option<RateLimitLayer>,
-    bulkhead: Option<BulkheadLayer>,
-    adaptive: Option<AdaptiveLimitLayer<C>>,
-    throttle: Option<ThrottleLayer<C>>,
-    hop: H::Layer,
-    timeout: Option<TimeoutLayer>,
+    layers: L,
+    handle: DownstreamHandle,
 }
 
-impl<C: Clone, P: Clone, H: HopSpec> Clone for Downstream<C, P, H> {
-    fn clone(&self) -> Self {
-        Self {
-            front: Arc::clone(&self.front),
-            classify: self.classify.clone(),
-            retry: self.retry.clone(),
-            hedge: self.hedge.clone(),
-            breaker: self.breaker.clone(),
-            rate: self.rate.clone(),
-            bulkhead: self.bulkhead.clone(),
-            adaptive: self.adaptive.clone(),
-            throttle: self.throttle.clone(),
-            hop: self.hop.clone(),
-            timeout: self.timeout.clone(),
-        }
-    }
-}
-
-impl<C, P, H: HopSpec> std::fmt::Debug for Downstream<C, P, H> {
+impl<L, C> std::fmt::Debug for Downstream<L, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Downstream")
             .field("name", &self.front.name)
             .field("total_timeout", &self.front.total)
-            .field("retry", &self.retry.is_some())
-            .field("hedge", &self.hedge.is_some())
-            .field("breaker", &self.breaker.is_some())
-            .field("rate_limit", &self.rate.is_some())
-            .field("bulkhead", &self.bulkhead.is_some())
-            .field("adaptive_limit", &self.adaptive.is_some())
-            .field("throttle", &self.throttle.is_some())
-            .field("timeout", &self.timeout.as_ref().map(TimeoutLayer::timeout))
-            .finish()
+            .field("handle", &self.handle)
+            .finish_non_exhaustive()
     }
 }
 
-impl Downstream {
+impl Downstream<()> {
     /// Starts a downstream named `name` (the `downstream` label of its metrics) with
     /// no policies: add the ones you want, then [`build`](Builder::build).
     pub fn builder(name: &str) -> Builder {
@@ -174,19 +129,19 @@ impl Downstream {
             total_timeout: None,
             margin: Duration::from_millis(5),
             min_remaining: Duration::from_millis(10),
-            retry: None,
-            hedge: None,
-            breaker: None,
-            rate: None,
-            concurrency: None,
-            throttle: None,
-            timeout: None,
             metrics: true,
+            retry: Off,
+            hedge: Off,
+            breaker: Off,
+            rate: Off,
+            concurrency: Off,
+            throttle: Off,
+            timeout: Off,
         }
     }
 }
 
-impl<C, P, H: HopSpec> Downstream<C, P, H> {
+impl<L, C> Downstream<L, C> {
     /// The downstream's name.
     pub fn name(&self) -> &Name {
         &self.front.name
@@ -194,18 +149,11 @@ impl<C, P, H: HopSpec> Downstream<C, P, H> {
 
     /// A handle on the stack's runtime state: breaker, limits, budget.
     pub fn handle(&self) -> DownstreamHandle {
-        DownstreamHandle {
-            name: self.front.name.clone(),
-            breaker: self.breaker.as_ref().map(CircuitBreakerLayer::handle),
-            rate: self.rate.as_ref().map(|r| Arc::new(r.handle())),
-            bulkhead: self.bulkhead.as_ref().map(BulkheadLayer::handle),
-            adaptive: self.adaptive.as_ref().map(AdaptiveLimitLayer::handle),
-            throttle: self.throttle.as_ref().map(ThrottleLayer::handle),
-            budget: self.retry.as_ref().map(|r| Arc::clone(r.budget())),
-        }
+        self.handle.clone()
     }
 
-    /// Wraps `endpoint` and boxes the stack into a nameable, cloneable service.
+    /// Wraps `endpoint` and boxes the stack into a nameable, cloneable service (one
+    /// allocation per call, for the boxed future).
     pub fn boxed<S, Req>(&self, endpoint: S) -> BoxDownstream<Req, S::Response>
     where
         Self: Layer<S>,
@@ -221,53 +169,34 @@ impl<C, P, H: HopSpec> Downstream<C, P, H> {
     }
 }
 
-fn stage<L: Layer<S>, S>(layer: Option<&L>, inner: S) -> Stage<L::Service, S> {
-    match layer {
-        Some(l) => Stage::On(l.layer(inner)),
-        None => Stage::Off(inner),
-    }
-}
-
-impl<S, C, P, H> Layer<S> for Downstream<C, P, H>
+impl<S, L, C> Layer<S> for Downstream<L, C>
 where
+    L: Layer<S>,
     C: Clone,
-    P: Clone,
-    H: HopSpec,
-    H::Layer: Layer<TryStage<S>>,
 {
-    type Service = DownstreamService<S, C, P, H>;
+    type Service = Front<L::Service, C>;
 
     fn layer(&self, endpoint: S) -> Self::Service {
-        let s = stage(self.timeout.as_ref(), endpoint);
-        let s = self.hop.layer(s);
-        let s = stage(self.throttle.as_ref(), s);
-        let s = stage(self.adaptive.as_ref(), s);
-        let s = stage(self.bulkhead.as_ref(), s);
-        let s = stage(self.rate.as_ref(), s);
-        let s = stage(self.breaker.as_ref(), s);
-        let s = stage(self.hedge.as_ref(), s);
-        let s = stage(self.retry.as_ref(), s);
-        Front::new(s, self.classify.clone(), Arc::clone(&self.front))
+        Front::new(
+            self.layers.layer(endpoint),
+            self.classify.clone(),
+            Arc::clone(&self.front),
+        )
     }
 }
 
 /// The runtime side of a [`Downstream`]: each configured policy's handle.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DownstreamHandle {
-    name: Name,
-    breaker: Option<BreakerHandle>,
-    rate: Option<Arc<RateLimitHandle>>,
-    bulkhead: Option<BulkheadHandle>,
-    adaptive: Option<AdaptiveLimitHandle>,
-    throttle: Option<ThrottleHandle>,
-    budget: Option<Arc<RetryBudget>>,
+    pub(crate) breaker: Option<BreakerHandle>,
+    pub(crate) rate: Option<Arc<RateLimitHandle>>,
+    pub(crate) bulkhead: Option<BulkheadHandle>,
+    pub(crate) adaptive: Option<AdaptiveLimitHandle>,
+    pub(crate) throttle: Option<ThrottleHandle>,
+    pub(crate) budget: Option<Arc<RetryBudget>>,
 }
 
 impl DownstreamHandle {
-    /// The downstream's name.
-    pub fn name(&self) -> &Name {
-        &self.name
-    }
     /// The circuit breaker's handle, if one is configured.
     pub fn breaker(&self) -> Option<&BreakerHandle> {
         self.breaker.as_ref()
@@ -294,16 +223,22 @@ impl DownstreamHandle {
     }
 }
 
-/// How calls to a downstream are bounded in concurrency.
-#[derive(Debug, Clone, PartialEq)]
-enum Concurrency {
-    Bulkhead(BulkheadConfig),
-    Adaptive(AdaptiveLimitConfig),
-}
-
-/// Builds a [`Downstream`]; every policy is optional.
+/// Builds a [`Downstream`]; every policy is optional. The type parameters record
+/// which policies are configured ([`Off`] or a slot), so the built stack holds
+/// exactly those.
 #[derive(Debug, Clone)]
-pub struct Builder<C = AllErrorsFail, P = CloneRequests, H = RefuseLate> {
+pub struct Builder<
+    C = AllErrorsFail,
+    P = CloneRequests,
+    H = RefuseLate,
+    R = Off,
+    G = Off,
+    B = Off,
+    L = Off,
+    K = Off,
+    T = Off,
+    O = Off,
+> {
     name: String,
     classify: C,
     protocol: P,
@@ -311,27 +246,28 @@ pub struct Builder<C = AllErrorsFail, P = CloneRequests, H = RefuseLate> {
     total_timeout: Option<Duration>,
     margin: Duration,
     min_remaining: Duration,
-    retry: Option<RetryConfig>,
-    hedge: Option<(HedgeDelay, u32)>,
-    breaker: Option<BreakerConfig>,
-    rate: Option<RateLimitConfig>,
-    concurrency: Option<Concurrency>,
-    throttle: Option<ThrottleConfig>,
-    timeout: Option<Duration>,
     metrics: bool,
+    retry: R,
+    hedge: G,
+    breaker: B,
+    rate: L,
+    concurrency: K,
+    throttle: T,
+    timeout: O,
 }
 
-impl<C, P, H> Builder<C, P, H> {
+impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
     /// Classifies results with `classify` in every layer that judges calls.
-    pub fn classify<C2>(self, classify: C2) -> Builder<C2, P, H> {
+    pub fn classify<C2>(self, classify: C2) -> Builder<C2, P, H, R, G, B, L, K, T, O> {
         Builder {
             name: self.name,
-            classify,
+            classify: classify,
             protocol: self.protocol,
             hop: self.hop,
             total_timeout: self.total_timeout,
             margin: self.margin,
             min_remaining: self.min_remaining,
+            metrics: self.metrics,
             retry: self.retry,
             hedge: self.hedge,
             breaker: self.breaker,
@@ -339,20 +275,20 @@ impl<C, P, H> Builder<C, P, H> {
             concurrency: self.concurrency,
             throttle: self.throttle,
             timeout: self.timeout,
-            metrics: self.metrics,
         }
     }
 
     /// Replays requests for retries and hedges with `protocol`.
-    pub fn protocol<P2>(self, protocol: P2) -> Builder<C, P2, H> {
+    pub fn protocol<P2>(self, protocol: P2) -> Builder<C, P2, H, R, G, B, L, K, T, O> {
         Builder {
             name: self.name,
             classify: self.classify,
-            protocol,
+            protocol: protocol,
             hop: self.hop,
             total_timeout: self.total_timeout,
             margin: self.margin,
             min_remaining: self.min_remaining,
+            metrics: self.metrics,
             retry: self.retry,
             hedge: self.hedge,
             breaker: self.breaker,
@@ -360,20 +296,20 @@ impl<C, P, H> Builder<C, P, H> {
             concurrency: self.concurrency,
             throttle: self.throttle,
             timeout: self.timeout,
-            metrics: self.metrics,
         }
     }
 
     /// Sends each attempt with `hop` (see [`HopSpec`]).
-    pub fn hop<H2>(self, hop: H2) -> Builder<C, P, H2> {
+    pub fn hop<H2>(self, hop: H2) -> Builder<C, P, H2, R, G, B, L, K, T, O> {
         Builder {
             name: self.name,
             classify: self.classify,
             protocol: self.protocol,
-            hop,
+            hop: hop,
             total_timeout: self.total_timeout,
             margin: self.margin,
             min_remaining: self.min_remaining,
+            metrics: self.metrics,
             retry: self.retry,
             hedge: self.hedge,
             breaker: self.breaker,
@@ -381,7 +317,6 @@ impl<C, P, H> Builder<C, P, H> {
             concurrency: self.concurrency,
             throttle: self.throttle,
             timeout: self.timeout,
-            metrics: self.metrics,
         }
     }
 
@@ -391,9 +326,21 @@ impl<C, P, H> Builder<C, P, H> {
     /// `Retry-After`, cross-hop "do not retry"), and send the time left to the next
     /// hop in deadline headers.
     #[cfg(feature = "http")]
+    #[allow(clippy::type_complexity)]
     pub fn http(
         self,
-    ) -> Builder<palisade_core::HttpClassifier, palisade_retry::http::HttpRetry, HttpDeadline> {
+    ) -> Builder<
+        palisade_core::HttpClassifier,
+        palisade_retry::http::HttpRetry,
+        HttpDeadline,
+        R,
+        G,
+        B,
+        L,
+        K,
+        T,
+        O,
+    > {
         self.classify(palisade_core::HttpClassifier)
             .protocol(palisade_retry::http::HttpRetry::default())
             .hop(HttpDeadline)
@@ -420,71 +367,214 @@ impl<C, P, H> Builder<C, P, H> {
         self
     }
 
-    /// Retries failed calls with these settings.
-    pub fn retry(mut self, config: RetryConfig) -> Self {
-        self.retry = Some(config);
-        self
-    }
-
-    /// Hedges: after `delay`, sends up to `max_hedges` extra attempts; they spend the
-    /// retry budget when retry is configured.
-    pub fn hedge(mut self, delay: HedgeDelay, max_hedges: u32) -> Self {
-        self.hedge = Some((delay, max_hedges));
-        self
-    }
-
-    /// A circuit breaker with these settings.
-    pub fn breaker(mut self, config: BreakerConfig) -> Self {
-        self.breaker = Some(config);
-        self
-    }
-
-    /// A rate limit on calls to the downstream.
-    pub fn rate_limit(mut self, config: RateLimitConfig) -> Self {
-        self.rate = Some(config);
-        self
-    }
-
-    /// A bulkhead: at most so many calls at once (replaces an adaptive limit).
-    pub fn bulkhead(mut self, config: BulkheadConfig) -> Self {
-        self.concurrency = Some(Concurrency::Bulkhead(config));
-        self
-    }
-
-    /// An adaptive concurrency limit that follows latency (replaces a bulkhead).
-    pub fn adaptive_limit(mut self, config: AdaptiveLimitConfig) -> Self {
-        self.concurrency = Some(Concurrency::Adaptive(config));
-        self
-    }
-
-    /// Google SRE client-side throttling.
-    pub fn throttle(mut self, config: ThrottleConfig) -> Self {
-        self.throttle = Some(config);
-        self
-    }
-
-    /// A timeout on each attempt.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
     /// Records no top-level metrics (the layers still record theirs).
     pub fn without_metrics(mut self) -> Self {
         self.metrics = false;
         self
     }
+
+    /// Retries failed calls with these settings.
+    pub fn retry(self, config: RetryConfig) -> Builder<C, P, H, RetrySlot, G, B, L, K, T, O> {
+        Builder {
+            name: self.name,
+            classify: self.classify,
+            protocol: self.protocol,
+            hop: self.hop,
+            total_timeout: self.total_timeout,
+            margin: self.margin,
+            min_remaining: self.min_remaining,
+            metrics: self.metrics,
+            retry: RetrySlot(config),
+            hedge: self.hedge,
+            breaker: self.breaker,
+            rate: self.rate,
+            concurrency: self.concurrency,
+            throttle: self.throttle,
+            timeout: self.timeout,
+        }
+    }
+
+    /// Hedges: after `delay`, sends up to `max_hedges` extra attempts; they spend the
+    /// retry budget when retry is configured.
+    pub fn hedge(
+        self,
+        delay: HedgeDelay,
+        max_hedges: u32,
+    ) -> Builder<C, P, H, R, HedgeSlot, B, L, K, T, O> {
+        Builder {
+            name: self.name,
+            classify: self.classify,
+            protocol: self.protocol,
+            hop: self.hop,
+            total_timeout: self.total_timeout,
+            margin: self.margin,
+            min_remaining: self.min_remaining,
+            metrics: self.metrics,
+            retry: self.retry,
+            hedge: HedgeSlot { delay, max_hedges },
+            breaker: self.breaker,
+            rate: self.rate,
+            concurrency: self.concurrency,
+            throttle: self.throttle,
+            timeout: self.timeout,
+        }
+    }
+
+    /// A circuit breaker with these settings.
+    pub fn breaker(self, config: BreakerConfig) -> Builder<C, P, H, R, G, BreakerSlot, L, K, T, O> {
+        Builder {
+            name: self.name,
+            classify: self.classify,
+            protocol: self.protocol,
+            hop: self.hop,
+            total_timeout: self.total_timeout,
+            margin: self.margin,
+            min_remaining: self.min_remaining,
+            metrics: self.metrics,
+            retry: self.retry,
+            hedge: self.hedge,
+            breaker: BreakerSlot(config),
+            rate: self.rate,
+            concurrency: self.concurrency,
+            throttle: self.throttle,
+            timeout: self.timeout,
+        }
+    }
+
+    /// A rate limit on calls to the downstream.
+    pub fn rate_limit(self, config: RateLimitConfig) -> Builder<C, P, H, R, G, B, RateSlot, K, T, O> {
+        Builder {
+            name: self.name,
+            classify: self.classify,
+            protocol: self.protocol,
+            hop: self.hop,
+            total_timeout: self.total_timeout,
+            margin: self.margin,
+            min_remaining: self.min_remaining,
+            metrics: self.metrics,
+            retry: self.retry,
+            hedge: self.hedge,
+            breaker: self.breaker,
+            rate: RateSlot(config),
+            concurrency: self.concurrency,
+            throttle: self.throttle,
+            timeout: self.timeout,
+        }
+    }
+
+    /// A bulkhead: at most so many calls at once (replaces an adaptive limit).
+    pub fn bulkhead(self, config: BulkheadConfig) -> Builder<C, P, H, R, G, B, L, BulkheadSlot, T, O> {
+        Builder {
+            name: self.name,
+            classify: self.classify,
+            protocol: self.protocol,
+            hop: self.hop,
+            total_timeout: self.total_timeout,
+            margin: self.margin,
+            min_remaining: self.min_remaining,
+            metrics: self.metrics,
+            retry: self.retry,
+            hedge: self.hedge,
+            breaker: self.breaker,
+            rate: self.rate,
+            concurrency: BulkheadSlot(config),
+            throttle: self.throttle,
+            timeout: self.timeout,
+        }
+    }
+
+    /// An adaptive concurrency limit that follows latency (replaces a bulkhead).
+    pub fn adaptive_limit(
+        self,
+        config: AdaptiveLimitConfig,
+    ) -> Builder<C, P, H, R, G, B, L, AdaptiveSlot, T, O> {
+        Builder {
+            name: self.name,
+            classify: self.classify,
+            protocol: self.protocol,
+            hop: self.hop,
+            total_timeout: self.total_timeout,
+            margin: self.margin,
+            min_remaining: self.min_remaining,
+            metrics: self.metrics,
+            retry: self.retry,
+            hedge: self.hedge,
+            breaker: self.breaker,
+            rate: self.rate,
+            concurrency: AdaptiveSlot(config),
+            throttle: self.throttle,
+            timeout: self.timeout,
+        }
+    }
+
+    /// Google SRE client-side throttling.
+    pub fn throttle(self, config: ThrottleConfig) -> Builder<C, P, H, R, G, B, L, K, ThrottleSlot, O> {
+        Builder {
+            name: self.name,
+            classify: self.classify,
+            protocol: self.protocol,
+            hop: self.hop,
+            total_timeout: self.total_timeout,
+            margin: self.margin,
+            min_remaining: self.min_remaining,
+            metrics: self.metrics,
+            retry: self.retry,
+            hedge: self.hedge,
+            breaker: self.breaker,
+            rate: self.rate,
+            concurrency: self.concurrency,
+            throttle: ThrottleSlot(config),
+            timeout: self.timeout,
+        }
+    }
+
+    /// A timeout on each attempt.
+    pub fn timeout(self, timeout: Duration) -> Builder<C, P, H, R, G, B, L, K, T, TimeoutSlot> {
+        Builder {
+            name: self.name,
+            classify: self.classify,
+            protocol: self.protocol,
+            hop: self.hop,
+            total_timeout: self.total_timeout,
+            margin: self.margin,
+            min_remaining: self.min_remaining,
+            metrics: self.metrics,
+            retry: self.retry,
+            hedge: self.hedge,
+            breaker: self.breaker,
+            rate: self.rate,
+            concurrency: self.concurrency,
+            throttle: self.throttle,
+            timeout: TimeoutSlot(timeout),
+        }
+    }
 }
 
-impl<C, P, H> Builder<C, P, H>
+impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O>
 where
     C: Clone,
     P: Clone,
     H: HopSpec,
+    R: Slot<C, P>,
+    G: Slot<C, P>,
+    B: Slot<C, P>,
+    L: Slot<C, P>,
+    K: Slot<C, P>,
+    T: Slot<C, P>,
+    O: Slot<C, P>,
 {
     /// Validates every policy and builds the layer. Errors name the policy and the
     /// field, e.g. `breaker.failure_rate_threshold: 1.5 is not within 0..=1`.
-    pub fn build(self) -> Result<Downstream<C, P, H>, ConfigError> {
+    #[allow(clippy::type_complexity)]
+    pub fn build(
+        self,
+    ) -> Result<
+        Downstream<
+            Layers<O::Layer, H::Layer, T::Layer, K::Layer, L::Layer, B::Layer, G::Layer, R::Layer>,
+            C,
+        >,
+        ConfigError,
+    > {
         let name = Name::new(&self.name).map_err(|e| ConfigError::new("name", e.to_string()))?;
         if self.total_timeout.is_some_and(|t| t.is_zero()) {
             return Err(ConfigError::new("total_timeout", "must be more than zero"));
@@ -498,86 +588,35 @@ where
                 ),
             ));
         }
-        let n = name.as_str();
-        let retry = match &self.retry {
-            Some(config) => Some(
-                RetryLayer::builder(n)
-                    .config(config.clone())
-                    .classify(self.classify.clone())
-                    .protocol(self.protocol.clone())
-                    .build()
-                    .map_err(|e| e.within("retry"))?,
-            ),
-            None => None,
+        let mut cx = BuildContext {
+            name: name.as_str(),
+            classify: &self.classify,
+            protocol: &self.protocol,
+            handle: DownstreamHandle::default(),
         };
-        let hedge = match self.hedge {
-            Some((delay, max_hedges)) => {
-                let mut b = HedgeLayer::builder(n)
-                    .delay(delay)
-                    .max_hedges(max_hedges)
-                    .classify(self.classify.clone())
-                    .protocol(self.protocol.clone());
-                if let Some(r) = &retry {
-                    b = b.budget(Arc::clone(r.budget()));
-                }
-                Some(b.build().map_err(|e| e.within("hedge"))?)
-            }
-            None => None,
-        };
-        let breaker = match &self.breaker {
-            Some(config) => Some(
-                CircuitBreakerLayer::builder(n)
-                    .config(config.clone())
-                    .classify(self.classify.clone())
-                    .build()
-                    .map_err(|e| e.within("breaker"))?,
-            ),
-            None => None,
-        };
-        let rate = match self.rate {
-            Some(config) => Some(
-                RateLimitLayer::builder(n)
-                    .config(config)
-                    .build()
-                    .map_err(|e| e.within("rate_limit"))?,
-            ),
-            None => None,
-        };
-        let (bulkhead, adaptive) = match &self.concurrency {
-            Some(Concurrency::Bulkhead(config)) => (
-                Some(
-                    BulkheadLayer::from_config(n, config.clone())
-                        .map_err(|e| e.within("bulkhead"))?,
-                ),
-                None,
-            ),
-            Some(Concurrency::Adaptive(config)) => (
-                None,
-                Some(
-                    AdaptiveLimitLayer::builder(n)
-                        .config(config.clone())
-                        .classify(self.classify.clone())
-                        .build()
-                        .map_err(|e| e.within("adaptive_limit"))?,
+        // Retry first: the hedge spends its budget.
+        let retry = self.retry.build(&mut cx)?;
+        let hedge = self.hedge.build(&mut cx)?;
+        let breaker = self.breaker.build(&mut cx)?;
+        let rate = self.rate.build(&mut cx)?;
+        let concurrency = self.concurrency.build(&mut cx)?;
+        let throttle = self.throttle.build(&mut cx)?;
+        let timeout = self.timeout.build(&mut cx)?;
+        let hop = self.hop.build(name.as_str(), self.margin, self.min_remaining)?;
+        let handle = cx.handle;
+        let layers = Stack::new(
+            timeout,
+            Stack::new(
+                hop,
+                Stack::new(
+                    throttle,
+                    Stack::new(
+                        concurrency,
+                        Stack::new(rate, Stack::new(breaker, Stack::new(hedge, retry))),
+                    ),
                 ),
             ),
-            None => (None, None),
-        };
-        let throttle = match &self.throttle {
-            Some(config) => Some(
-                ThrottleLayer::builder(n)
-                    .config(config.clone())
-                    .classify(self.classify.clone())
-                    .build()
-                    .map_err(|e| e.within("throttle"))?,
-            ),
-            None => None,
-        };
-        let timeout = match self.timeout {
-            Some(t) => Some(TimeoutLayer::new(n, t).map_err(|e| e.within("timeout"))?),
-            None => None,
-        };
-        let hop = self.hop.build(n, self.margin, self.min_remaining)?;
+        );
         let metrics = self.metrics.then(|| FrontMetrics::register(&name));
         Ok(Downstream {
             front: Arc::new(FrontShared {
@@ -586,16 +625,8 @@ where
                 metrics,
             }),
             classify: self.classify,
-            retry,
-            hedge,
-            breaker,
-            rate,
-            bulkhead,
-            adaptive,
-            throttle,
-            hop,
-            timeout,
+            layers,
+            handle,
         })
     }
 }
-
