@@ -50,7 +50,15 @@ pub struct Catalog {
 }
 
 /// Labels whose values come from configuration, never checked against a closed set.
-pub const OPEN_LABELS: &[&str] = &["downstream", "peer", "http_route", "http_request_method", "http_response_status_code", "instance", "job"];
+pub const OPEN_LABELS: &[&str] = &[
+    "downstream",
+    "peer",
+    "http_route",
+    "http_request_method",
+    "http_response_status_code",
+    "instance",
+    "job",
+];
 
 impl Catalog {
     /// An empty catalog.
@@ -73,7 +81,10 @@ impl Catalog {
                 continue;
             }
             let (name, labels) = match line.find('{') {
-                Some(open) => (&line[..open], &line[open + 1..line.rfind('}').unwrap_or(line.len())]),
+                Some(open) => (
+                    &line[..open],
+                    &line[open + 1..line.rfind('}').unwrap_or(line.len())],
+                ),
                 None => (line.split_whitespace().next().unwrap_or_default(), ""),
             };
             let family_name = family_of(name, &families);
@@ -107,7 +118,9 @@ impl Catalog {
                 return Err(format!("contract line without a name and a type: `{line}`"));
             };
             if !["counter", "gauge", "histogram"].contains(&kind) {
-                return Err(format!("contract line with unknown type `{kind}`: `{line}`"));
+                return Err(format!(
+                    "contract line with unknown type `{kind}`: `{line}`"
+                ));
             }
             let mut family = Family {
                 kind: kind.to_owned(),
@@ -157,7 +170,9 @@ impl Catalog {
         for suffix in ["_bucket", "_count", "_sum"] {
             if let Some(base) = sample.strip_suffix(suffix) {
                 if let Some((name, family)) = self.families.get_key_value(base) {
-                    if family.kind == "histogram" || (family.kind == "summary" && suffix != "_bucket") {
+                    if family.kind == "histogram"
+                        || (family.kind == "summary" && suffix != "_bucket")
+                    {
                         return Some((name, family, suffix));
                     }
                 }
@@ -230,10 +245,18 @@ h_seconds_count{downstream=\"a\"} 0
         let x = c.family("x_total").unwrap();
         assert_eq!(x.kind, "counter");
         assert_eq!(x.labels["downstream"], None);
-        let outcomes: Vec<_> = x.labels["outcome"].as_ref().unwrap().iter().cloned().collect();
+        let outcomes: Vec<_> = x.labels["outcome"]
+            .as_ref()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect();
         assert_eq!(outcomes, ["bad \"q\"", "ok"]);
         let (name, h, suffix) = c.resolve("h_seconds_bucket").unwrap();
-        assert_eq!((name, h.kind.as_str(), suffix), ("h_seconds", "histogram", "_bucket"));
+        assert_eq!(
+            (name, h.kind.as_str(), suffix),
+            ("h_seconds", "histogram", "_bucket")
+        );
         assert!(!h.labels.contains_key("le"));
         assert!(c.resolve("h_seconds").is_none());
         assert!(c.resolve("y_total").is_none());
@@ -243,7 +266,10 @@ h_seconds_count{downstream=\"a\"} 0
     fn the_contract_table_reads() {
         let c = Catalog::from_contract(PENDING_CONTRACT).unwrap();
         assert_eq!(c.family("demo_orders_total").unwrap().kind, "counter");
-        assert!(c.resolve("http_server_request_duration_seconds_bucket").is_some());
+        assert!(
+            c.resolve("http_server_request_duration_seconds_bucket")
+                .is_some()
+        );
         assert!(Catalog::from_contract("x_total countr downstream").is_err());
     }
 }

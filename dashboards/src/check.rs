@@ -9,7 +9,9 @@ use promql_parser::parser::{self, Expr, VectorSelector};
 use serde_json::Value;
 
 use crate::catalog::{Catalog, OPEN_LABELS};
-use crate::{BUILTIN_VARIABLES, Query, annotations, live_value, panels, queries, substitute, variables};
+use crate::{
+    BUILTIN_VARIABLES, Query, annotations, live_value, panels, queries, substitute, variables,
+};
 
 /// What `$__rate_interval` becomes when checking: a range no dashboard would write,
 /// so every range vector can be traced back to it.
@@ -115,13 +117,18 @@ pub fn structure(dashboard: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     let mut seen = BTreeMap::new();
     for panel in panels(dashboard) {
-        let title = panel.get("title").and_then(Value::as_str).unwrap_or_default();
+        let title = panel
+            .get("title")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let Some(id) = panel.get("id").and_then(Value::as_u64) else {
             problems.push(format!("panel \"{title}\" has no id"));
             continue;
         };
         if let Some(other) = seen.insert(id, title) {
-            problems.push(format!("panel id {id} is used twice (\"{other}\" and \"{title}\")"));
+            problems.push(format!(
+                "panel id {id} is used twice (\"{other}\" and \"{title}\")"
+            ));
         }
         let targets = panel.get("targets").and_then(Value::as_array);
         let querying = targets.is_some_and(|t| !t.is_empty());
@@ -133,25 +140,60 @@ pub fn structure(dashboard: &Value) -> Vec<String> {
             if unit.trim().is_empty() {
                 problems.push(format!("panel {id} \"{title}\" has no unit"));
             }
-            check_datasource(panel.get("datasource"), &format!("panel {id} \"{title}\""), false, &mut problems);
+            check_datasource(
+                panel.get("datasource"),
+                &format!("panel {id} \"{title}\""),
+                false,
+                &mut problems,
+            );
         }
         for target in targets.into_iter().flatten() {
-            check_datasource(target.get("datasource"), &format!("a target of panel {id} \"{title}\""), false, &mut problems);
+            check_datasource(
+                target.get("datasource"),
+                &format!("a target of panel {id} \"{title}\""),
+                false,
+                &mut problems,
+            );
         }
-        if panel.get("repeat").and_then(Value::as_str).is_some_and(|v| !has_variable(dashboard, v)) {
-            problems.push(format!("panel {id} \"{title}\" repeats over an unknown variable"));
+        if panel
+            .get("repeat")
+            .and_then(Value::as_str)
+            .is_some_and(|v| !has_variable(dashboard, v))
+        {
+            problems.push(format!(
+                "panel {id} \"{title}\" repeats over an unknown variable"
+            ));
         }
     }
     for annotation in annotations(dashboard) {
-        let name = annotation.get("name").and_then(Value::as_str).unwrap_or_default();
+        let name = annotation
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let builtin = annotation.get("builtIn").and_then(Value::as_u64) == Some(1);
-        check_datasource(annotation.get("datasource"), &format!("annotation \"{name}\""), builtin, &mut problems);
+        check_datasource(
+            annotation.get("datasource"),
+            &format!("annotation \"{name}\""),
+            builtin,
+            &mut problems,
+        );
     }
     for variable in variables(dashboard) {
         if variable.get("type").and_then(Value::as_str) == Some("query") {
-            let name = variable.get("name").and_then(Value::as_str).unwrap_or_default();
-            check_datasource(variable.get("datasource"), &format!("variable \"{name}\""), false, &mut problems);
-            let query = variable.pointer("/query/query").and_then(Value::as_str).unwrap_or_default();
+            let name = variable
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            check_datasource(
+                variable.get("datasource"),
+                &format!("variable \"{name}\""),
+                false,
+                &mut problems,
+            );
+            let query = variable
+                .pointer("/query/query")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if let Err(e) = check_label_values(query) {
                 problems.push(format!("variable \"{name}\": {e}"));
             }
@@ -237,7 +279,13 @@ pub fn metrics(dashboard: &Value, catalog: &Catalog) -> Vec<String> {
         };
         for s in selectors(&expr) {
             let Some(name) = selector_name(s.selector) else {
-                if !s.selector.matchers.matchers.iter().any(|m| m.name == "__name__") {
+                if !s
+                    .selector
+                    .matchers
+                    .matchers
+                    .iter()
+                    .any(|m| m.name == "__name__")
+                {
                     problems.push(format!("{}: a selector without a metric name", what(&q)));
                 }
                 continue;
@@ -282,7 +330,10 @@ pub fn metrics(dashboard: &Value, catalog: &Catalog) -> Vec<String> {
                 let literal: Vec<&str> = match &m.op {
                     MatchOp::Equal | MatchOp::NotEqual => vec![m.value.as_str()],
                     MatchOp::Re(_) | MatchOp::NotRe(_) => {
-                        if m.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '|') {
+                        if m.value
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '|')
+                        {
                             m.value.split('|').collect()
                         } else {
                             Vec::new()

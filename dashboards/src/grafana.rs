@@ -179,9 +179,12 @@ impl Panel {
 
     /// Gives the series named `name` a fixed colour (and a dashed line when `dashed`).
     pub fn colour(mut self, name: &str, colour: &str, dashed: bool) -> Self {
-        let mut properties = vec![json!({ "id": "color", "value": { "mode": "fixed", "fixedColor": colour } })];
+        let mut properties =
+            vec![json!({ "id": "color", "value": { "mode": "fixed", "fixedColor": colour } })];
         if dashed {
-            properties.push(json!({ "id": "custom.lineStyle", "value": { "fill": "dash", "dash": [10, 10] } }));
+            properties.push(
+                json!({ "id": "custom.lineStyle", "value": { "fill": "dash", "dash": [10, 10] } }),
+            );
         }
         self.overrides.push(json!({
             "matcher": { "id": "byName", "options": name },
@@ -249,7 +252,10 @@ impl Panel {
             .unwrap_or_else(|| json!([{ "color": "green", "value": null }]));
         let mut defaults = Map::new();
         defaults.insert("unit".into(), json!(self.unit));
-        defaults.insert("thresholds".into(), json!({ "mode": "absolute", "steps": steps }));
+        defaults.insert(
+            "thresholds".into(),
+            json!({ "mode": "absolute", "steps": steps }),
+        );
         if let Some(min) = self.min {
             defaults.insert("min".into(), json!(min));
         }
@@ -290,7 +296,10 @@ impl Panel {
             }
             Kind::StateTimeline => {
                 defaults.insert("color".into(), json!({ "mode": "thresholds" }));
-                defaults.insert("custom".into(), json!({ "fillOpacity": 80, "lineWidth": 0 }));
+                defaults.insert(
+                    "custom".into(),
+                    json!({ "fillOpacity": 80, "lineWidth": 0 }),
+                );
                 defaults.insert(
                     "mappings".into(),
                     json!([{ "type": "value", "options": { "0": { "index": 0, "text": " " } } }]),

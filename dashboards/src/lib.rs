@@ -169,13 +169,16 @@ pub fn substitute(
             let name = inner[..end].split(':').next().unwrap_or_default();
             (name, end + 3)
         } else {
-            let len = after[1..].find(|c: char| !is_name(c)).unwrap_or(after.len() - 1);
+            let len = after[1..]
+                .find(|c: char| !is_name(c))
+                .unwrap_or(after.len() - 1);
             (&after[1..1 + len], 1 + len)
         };
         if name.is_empty() {
             return Err(format!("a `$` that names no variable in `{expr}`"));
         }
-        let value = value_of(name).ok_or_else(|| format!("unknown variable `{name}` in `{expr}`"))?;
+        let value =
+            value_of(name).ok_or_else(|| format!("unknown variable `{name}` in `{expr}`"))?;
         out.push_str(&value);
         rest = &after[consumed..];
     }

@@ -75,7 +75,9 @@ pub fn dashboard_json() -> Value {
     );
     l.add(
         Panel::stat("Error ratio now", "percentunit")
-            .describe("The Hystrix view: one tile per downstream, coloured by its current error ratio.")
+            .describe(
+                "The Hystrix view: one tile per downstream, coloured by its current error ratio.",
+            )
             .query(&error_ratio(), "{{downstream}}")
             .thresholds(error_ratio_steps())
             .size(10, 6),
@@ -190,7 +192,10 @@ pub fn dashboard_json() -> Value {
                 "budget exhausted",
             )
             .query(
-                &format!("sum by (reason) ({})", r("palisade_retry_giveups_total", "")),
+                &format!(
+                    "sum by (reason) ({})",
+                    r("palisade_retry_giveups_total", "")
+                ),
                 "give-up: {{reason}}",
             )
             .colour("budget exhausted", "red", false),
@@ -222,7 +227,10 @@ pub fn dashboard_json() -> Value {
         Panel::timeseries("Rate limiter", "reqps")
             .describe("Calls the rate limiter let through (at once or after waiting) and refused.")
             .query(
-                &format!("sum by (outcome) ({})", r("palisade_ratelimit_calls_total", "")),
+                &format!(
+                    "sum by (outcome) ({})",
+                    r("palisade_ratelimit_calls_total", "")
+                ),
                 "{{outcome}}",
             )
             .colour("permitted", "green", false)

@@ -41,7 +41,11 @@ impl Series {
             out = out.replace(&format!("{{{{{k}}}}}"), v);
         }
         if out.is_empty() {
-            let labels: Vec<String> = self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let labels: Vec<String> = self
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             out = format!("{{{}}}", labels.join(","));
         }
         out
@@ -183,6 +187,9 @@ mod tests {
             {"metric":{},"value":[3.5,"2"]}]}});
         assert_eq!(parse_response(&v).unwrap()[0].points, vec![(3.5, 2.0)]);
         let e = json!({"status":"error","errorType":"bad_data","error":"parse error"});
-        assert_eq!(parse_response(&e).unwrap_err().to_string(), "Prometheus answered bad_data: parse error");
+        assert_eq!(
+            parse_response(&e).unwrap_err().to_string(),
+            "Prometheus answered bad_data: parse error"
+        );
     }
 }

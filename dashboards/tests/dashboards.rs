@@ -30,7 +30,10 @@ fn committed_dashboards_are_structurally_sound() {
         let dashboard = committed(file);
         let problems = check::structure(&dashboard);
         assert!(problems.is_empty(), "{file}:\n{}", problems.join("\n"));
-        assert!(palisade_dashboards::queries(&dashboard).len() > 10, "{file} has few queries");
+        assert!(
+            palisade_dashboards::queries(&dashboard).len() > 10,
+            "{file} has few queries"
+        );
     }
 }
 
@@ -65,13 +68,24 @@ fn overview_has_the_symptoms_then_a_row_repeated_per_downstream() {
         .iter()
         .map(|p| p["title"].as_str().unwrap())
         .collect();
-    for title in ["Request rate", "Error ratio", "Latency p99", "Breakers open / half-open", "Served by fallback"] {
-        assert!(symptoms.contains(&title), "{title} not among the symptoms {symptoms:?}");
+    for title in [
+        "Request rate",
+        "Error ratio",
+        "Latency p99",
+        "Breakers open / half-open",
+        "Served by fallback",
+    ] {
+        assert!(
+            symptoms.contains(&title),
+            "{title} not among the symptoms {symptoms:?}"
+        );
     }
     let names: Vec<&str> = variables_named(&d);
     assert_eq!(names[..2], ["datasource", "downstream"]);
     let error_ratio = panels.iter().find(|p| p["title"] == "Error ratio").unwrap();
-    let steps = error_ratio["fieldConfig"]["defaults"]["thresholds"]["steps"].as_array().unwrap();
+    let steps = error_ratio["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        .as_array()
+        .unwrap();
     let colours: Vec<&str> = steps.iter().map(|s| s["color"].as_str().unwrap()).collect();
     assert_eq!(colours, ["green", "yellow", "orange", "red"]);
 }
@@ -90,7 +104,11 @@ fn order_demo_has_scenario_annotations_and_a_heatmap_per_service() {
     let d = committed("order-demo.json");
     assert!(variables_named(&d).contains(&"service"));
     let annotations = palisade_dashboards::annotations(&d);
-    assert!(annotations.iter().any(|a| a["expr"].as_str().is_some_and(|e| e.contains("demo_scenario_active"))));
+    assert!(annotations.iter().any(|a| {
+        a["expr"]
+            .as_str()
+            .is_some_and(|e| e.contains("demo_scenario_active"))
+    }));
     let heatmap = palisade_dashboards::panels(&d)
         .into_iter()
         .find(|p| p["type"] == "heatmap")
@@ -123,7 +141,10 @@ fn duplicate_panel_ids_fail() {
         let id = nth_querying_panel(d, 0)["id"].clone();
         nth_querying_panel(d, 3)["id"] = id;
     });
-    assert!(problems.iter().any(|p| p.contains("is used twice")), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains("is used twice")),
+        "{problems:?}"
+    );
 }
 
 #[test]
@@ -132,23 +153,39 @@ fn duplicate_ids_inside_a_collapsed_row_fail() {
         let copy = nth_querying_panel(d, 0).clone();
         d["panels"][0]["panels"] = json!([copy]);
     });
-    assert!(problems.iter().any(|p| p.contains("is used twice")), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains("is used twice")),
+        "{problems:?}"
+    );
 }
 
 #[test]
 fn unknown_datasources_fail() {
     let problems = broken(|d| {
-        nth_querying_panel(d, 1)["datasource"] = json!({ "type": "prometheus", "uid": "PBFA97CFB590B2093" });
+        nth_querying_panel(d, 1)["datasource"] =
+            json!({ "type": "prometheus", "uid": "PBFA97CFB590B2093" });
     });
-    assert!(problems.iter().any(|p| p.contains("unknown data source")), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains("unknown data source")),
+        "{problems:?}"
+    );
     let problems = broken(|d| {
-        nth_querying_panel(d, 2)["targets"][0]["datasource"] = json!({ "type": "loki", "uid": "${datasource}" });
+        nth_querying_panel(d, 2)["targets"][0]["datasource"] =
+            json!({ "type": "loki", "uid": "${datasource}" });
     });
-    assert!(problems.iter().any(|p| p.contains("a target of panel")), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains("a target of panel")),
+        "{problems:?}"
+    );
     let problems = broken(|d| {
         d["templating"]["list"][1]["datasource"] = json!("Prometheus");
     });
-    assert!(problems.iter().any(|p| p.contains("variable \"downstream\"")), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("variable \"downstream\"")),
+        "{problems:?}"
+    );
 }
 
 #[test]
@@ -159,31 +196,61 @@ fn a_panel_without_a_unit_fails() {
             .unwrap()
             .remove("unit");
     });
-    assert!(problems.iter().any(|p| p.contains("has no unit")), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains("has no unit")),
+        "{problems:?}"
+    );
 }
 
 #[test]
 fn a_fixed_range_fails() {
     let problems = broken(|d| {
         let t = &mut nth_querying_panel(d, 0)["targets"][0]["expr"];
-        *t = json!(t.as_str().unwrap().replacen("[$__rate_interval]", "[5m]", 1));
+        *t = json!(
+            t.as_str()
+                .unwrap()
+                .replacen("[$__rate_interval]", "[5m]", 1)
+        );
     });
-    assert!(problems.iter().any(|p| p.contains("instead of [$__rate_interval]")), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("instead of [$__rate_interval]")),
+        "{problems:?}"
+    );
     let problems = broken(|d| {
         let t = &mut nth_querying_panel(d, 0)["targets"][0]["expr"];
-        *t = json!(t.as_str().unwrap().replacen("$__rate_interval", "$__interval", 1));
+        *t = json!(
+            t.as_str()
+                .unwrap()
+                .replacen("$__rate_interval", "$__interval", 1)
+        );
     });
-    assert!(problems.iter().any(|p| p.contains("instead of [$__rate_interval]")), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("instead of [$__rate_interval]")),
+        "{problems:?}"
+    );
 }
 
 #[test]
 fn bad_promql_and_unknown_variables_fail() {
     let problems = broken(|d| {
-        nth_querying_panel(d, 0)["targets"][0]["expr"] = json!("sum by (downstream) (rate(x[$__rate_interval])");
+        nth_querying_panel(d, 0)["targets"][0]["expr"] =
+            json!("sum by (downstream) (rate(x[$__rate_interval])");
     });
-    assert!(problems.iter().any(|p| p.contains("does not parse")), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains("does not parse")),
+        "{problems:?}"
+    );
     let problems = broken(|d| {
         nth_querying_panel(d, 0)["targets"][0]["expr"] = json!(r#"up{job="$job"}"#);
     });
-    assert!(problems.iter().any(|p| p.contains("unknown variable `job`")), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("unknown variable `job`")),
+        "{problems:?}"
+    );
 }
