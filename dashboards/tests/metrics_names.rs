@@ -126,3 +126,31 @@ async fn a_renamed_metric_or_label_value_fails() {
         "{problems:?}"
     );
 }
+
+/// The rules' expressions (one line each in the file) parse and read known metrics.
+#[tokio::test(start_paused = true)]
+async fn every_metric_the_rules_read_is_exported() {
+    let text = rendered_metrics().await;
+    let mut catalog = Catalog::from_exposition(&text);
+    catalog.merge(Catalog::from_contract(PENDING_CONTRACT).unwrap());
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/palisade.rules.yml");
+    let rules = std::fs::read_to_string(path).unwrap();
+    let mut seen = 0;
+    for line in rules.lines() {
+        let Some(expr) = line.trim().strip_prefix("expr: ") else {
+            continue;
+        };
+        let parsed = promql_parser::parser::parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        for name in check::metric_names(&parsed) {
+            seen += 1;
+            // Recorded series (level:metric:operations) are checked by promtool.
+            if !name.contains(':') {
+                assert!(
+                    catalog.resolve(&name).is_some(),
+                    "a rule reads unknown metric {name}"
+                );
+            }
+        }
+    }
+    assert!(seen >= 10, "only {seen} metric names found in the rules");
+}
