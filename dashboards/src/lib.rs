@@ -24,6 +24,7 @@ pub mod grafana;
 pub mod order_demo;
 pub mod overview;
 pub mod prom;
+pub mod render;
 
 use serde_json::Value;
 

@@ -39,9 +39,9 @@ fn error_ratio() -> String {
         "sum by (downstream) ({})\n/ sum by (downstream) ({})\nor\n(sum by (downstream) ({}) + sum by (downstream) ({}))\n/ (sum by (downstream) ({}) + sum by (downstream) ({}))",
         r(
             "palisade_retry_calls_total",
-            r#"outcome=~"failure_after_retry|failure_without_retry""#
+            r#"outcome!~"success_first_try|success_after_retry""#
         ),
-        r("palisade_retry_calls_total", r#"outcome!="ignored""#),
+        r("palisade_retry_calls_total", ""),
         r("palisade_breaker_calls_total", r#"outcome="failure""#),
         r("palisade_breaker_not_permitted_calls_total", ""),
         r("palisade_breaker_calls_total", r#"outcome!="ignored""#),
@@ -60,7 +60,7 @@ pub fn dashboard_json() -> Value {
     );
     l.add(
         Panel::timeseries("Error ratio", "percentunit")
-            .describe("Share of calls that failed, refusals included (ignored calls, such as 4xx, left out). Green below 1 %, yellow from 1 %, orange from 10 %, red from 50 %.")
+            .describe("Share of calls that did not succeed, as callers see them: failures, and Palisade's refusals (circuit open, rate limited, bulkhead full), which the retry layer counts as ignored — as it does answers its classifier ignores, such as 4xx. Green below 1 %, yellow from 1 %, orange from 10 %, red from 50 %.")
             .query(&error_ratio(), "{{downstream}}")
             .thresholds(error_ratio_steps())
             .max(1.0),

@@ -21,13 +21,7 @@ async fn rendered_metrics() -> String {
     let handle = recorder.handle();
     let (mut client, mut server) = metrics::with_local_recorder(&recorder, || {
         (
-            layers::client(
-                "inventory",
-                Behaviour {
-                    fail_every: 3,
-                    latency: Duration::from_millis(5),
-                },
-            ),
+            layers::client("inventory", Behaviour::new(3, Duration::from_millis(5))),
             layers::server("order-api", "inventory"),
         )
     });

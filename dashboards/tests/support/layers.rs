@@ -23,14 +23,30 @@ pub(crate) type Client = BoxCloneSyncService<u32, u32, Error>;
 /// A server stack answering HTTP requests.
 pub(crate) type Server = BoxCloneSyncService<http::Request<()>, http::Response<()>, BoxError>;
 
-/// The downstream's behaviour: request `n` fails when `n % fail_every == 0` and takes
-/// `latency` (1 ms when zero, so time moves).
-#[derive(Debug, Clone, Copy)]
+/// The downstream's behaviour, changeable while it runs: request `n` fails when
+/// `n % fail_every == 0`, and takes `slow` instead of `latency` when
+/// `n % slow_every == 0` (0: never).
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Behaviour {
     /// Every n-th request fails (0: none).
-    pub(crate) fail_every: u32,
-    /// How long each request takes.
+    pub(crate) fail_every: Arc<AtomicU32>,
+    /// Every n-th request is slow (0: none).
+    pub(crate) slow_every: Arc<AtomicU32>,
+    /// How long a request takes (at least 1 ms, so time moves).
     pub(crate) latency: Duration,
+    /// How long a slow request takes.
+    pub(crate) slow: Duration,
+}
+
+impl Behaviour {
+    /// Fails every `fail_every`-th request, each taking `latency`.
+    pub(crate) fn new(fail_every: u32, latency: Duration) -> Self {
+        Self {
+            fail_every: Arc::new(AtomicU32::new(fail_every)),
+            latency,
+            ..Self::default()
+        }
+    }
 }
 
 /// Builds every layer for `downstream`, registering its series with the current recorder.
@@ -54,7 +70,7 @@ pub(crate) fn client(downstream: &str, behaviour: Behaviour) -> Client {
         .build()
         .unwrap();
     let rate = RateLimitLayer::builder(downstream)
-        .rate(50, Duration::from_secs(1))
+        .rate(30, Duration::from_secs(1))
         .burst(5)
         .max_wait(Duration::from_millis(200))
         .build()
@@ -84,9 +100,16 @@ pub(crate) fn client(downstream: &str, behaviour: Behaviour) -> Client {
         .layer(timeout)
         .service_fn(move |req: u32| {
             let i = n.fetch_add(1, Ordering::Relaxed) + 1;
+            let fail_every = behaviour.fail_every.load(Ordering::Relaxed);
+            let slow_every = behaviour.slow_every.load(Ordering::Relaxed);
+            let latency = if slow_every > 0 && i % slow_every == 0 {
+                behaviour.slow
+            } else {
+                behaviour.latency
+            };
             async move {
-                tokio::time::sleep(behaviour.latency.max(Duration::from_millis(1))).await;
-                if behaviour.fail_every > 0 && i % behaviour.fail_every == 0 {
+                tokio::time::sleep(latency.max(Duration::from_millis(1))).await;
+                if fail_every > 0 && i % fail_every == 0 {
                     Err(std::io::Error::other("downstream failed"))
                 } else {
                     Ok(req)
