@@ -80,7 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Ok::<_, palisade::Error>(())
             });
         }
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             let mut server = server.clone();
             // Some callers allow only a millisecond, some none at all (already expired).
             let budget = match n % 20 {

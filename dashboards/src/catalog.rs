@@ -162,20 +162,18 @@ impl Catalog {
     /// The family a sample name belongs to, and the sample's suffix
     /// (`_bucket`, `_count`, `_sum` for a histogram's series; `""` otherwise).
     pub fn resolve(&self, sample: &str) -> Option<(&str, &Family, &'static str)> {
-        if let Some((name, family)) = self.families.get_key_value(sample) {
-            if family.kind != "histogram" && family.kind != "summary" {
-                return Some((name, family, ""));
-            }
+        if let Some((name, family)) = self.families.get_key_value(sample)
+            && family.kind != "histogram"
+            && family.kind != "summary"
+        {
+            return Some((name, family, ""));
         }
         for suffix in ["_bucket", "_count", "_sum"] {
-            if let Some(base) = sample.strip_suffix(suffix) {
-                if let Some((name, family)) = self.families.get_key_value(base) {
-                    if family.kind == "histogram"
-                        || (family.kind == "summary" && suffix != "_bucket")
-                    {
-                        return Some((name, family, suffix));
-                    }
-                }
+            if let Some(base) = sample.strip_suffix(suffix)
+                && let Some((name, family)) = self.families.get_key_value(base)
+                && (family.kind == "histogram" || (family.kind == "summary" && suffix != "_bucket"))
+            {
+                return Some((name, family, suffix));
             }
         }
         None
@@ -187,10 +185,10 @@ fn family_of(sample: &str, families: &BTreeMap<String, Family>) -> String {
         return sample.to_owned();
     }
     for suffix in ["_bucket", "_count", "_sum"] {
-        if let Some(base) = sample.strip_suffix(suffix) {
-            if families.contains_key(base) {
-                return base.to_owned();
-            }
+        if let Some(base) = sample.strip_suffix(suffix)
+            && families.contains_key(base)
+        {
+            return base.to_owned();
         }
     }
     sample.to_owned()

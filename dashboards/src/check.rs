@@ -215,13 +215,13 @@ pub fn structure(dashboard: &Value) -> Vec<String> {
             }
         };
         for s in selectors(&expr) {
-            if let Some(range) = s.range {
-                if range != Duration::from_millis(1111) {
-                    problems.push(format!(
-                        "{}: a range vector over {range:?} instead of [$__rate_interval]",
-                        what(&q)
-                    ));
-                }
+            if let Some(range) = s.range
+                && range != Duration::from_millis(1111)
+            {
+                problems.push(format!(
+                    "{}: a range vector over {range:?} instead of [$__rate_interval]",
+                    what(&q)
+                ));
             }
         }
     }

@@ -262,8 +262,7 @@ impl Panel {
         if let Some(max) = self.max {
             defaults.insert("max".into(), json!(max));
         }
-        let options;
-        match self.kind {
+        let options = match self.kind {
             Kind::TimeSeries => {
                 defaults.insert("color".into(), json!({ "mode": "palette-classic" }));
                 defaults.insert(
@@ -278,21 +277,21 @@ impl Panel {
                         "thresholdsStyle": { "mode": if self.threshold_lines { "line+area" } else { "off" } }
                     }),
                 );
-                options = json!({
+                json!({
                     "legend": { "displayMode": "list", "placement": "bottom", "showLegend": true },
                     "tooltip": { "mode": "multi", "sort": "desc" }
-                });
+                })
             }
             Kind::Stat => {
                 defaults.insert("color".into(), json!({ "mode": "thresholds" }));
-                options = json!({
+                json!({
                     "colorMode": "background",
                     "graphMode": "area",
                     "justifyMode": "auto",
                     "orientation": "auto",
                     "textMode": "value_and_name",
                     "reduceOptions": { "calcs": ["lastNotNull"], "fields": "", "values": false }
-                });
+                })
             }
             Kind::StateTimeline => {
                 defaults.insert("color".into(), json!({ "mode": "thresholds" }));
@@ -304,21 +303,21 @@ impl Panel {
                     "mappings".into(),
                     json!([{ "type": "value", "options": { "0": { "index": 0, "text": " " } } }]),
                 );
-                options = json!({
+                json!({
                     "mergeValues": true,
                     "showValue": "never",
                     "alignValue": "left",
                     "rowHeight": 0.9,
                     "legend": { "displayMode": "list", "placement": "bottom", "showLegend": false },
                     "tooltip": { "mode": "single", "sort": "none" }
-                });
+                })
             }
             Kind::Heatmap => {
                 defaults.insert(
                     "custom".into(),
                     json!({ "scaleDistribution": { "type": "linear" } }),
                 );
-                options = json!({
+                json!({
                     "calculate": false,
                     "cellGap": 1,
                     "color": { "mode": "scheme", "scheme": "Oranges", "fill": "dark-orange", "scale": "exponential", "exponent": 0.5, "steps": 64, "reverse": false },
@@ -326,9 +325,9 @@ impl Panel {
                     "yAxis": { "axisPlacement": "left", "unit": self.unit },
                     "tooltip": { "mode": "single", "yHistogram": false },
                     "legend": { "show": true }
-                });
+                })
             }
-        }
+        };
         let mut panel = json!({
             "id": id,
             "type": self.kind.as_str(),

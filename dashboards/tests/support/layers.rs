@@ -102,14 +102,14 @@ pub(crate) fn client(downstream: &str, behaviour: Behaviour) -> Client {
             let i = n.fetch_add(1, Ordering::Relaxed) + 1;
             let fail_every = behaviour.fail_every.load(Ordering::Relaxed);
             let slow_every = behaviour.slow_every.load(Ordering::Relaxed);
-            let latency = if slow_every > 0 && i % slow_every == 0 {
+            let latency = if slow_every > 0 && i.is_multiple_of(slow_every) {
                 behaviour.slow
             } else {
                 behaviour.latency
             };
             async move {
                 tokio::time::sleep(latency.max(Duration::from_millis(1))).await;
-                if fail_every > 0 && i % fail_every == 0 {
+                if fail_every > 0 && i.is_multiple_of(fail_every) {
                     Err(std::io::Error::other("downstream failed"))
                 } else {
                     Ok(req)
