@@ -117,8 +117,11 @@ pub fn dashboard_json() -> Value {
     l.row("$downstream", Some("downstream"));
     l.add(
         Panel::state_timeline("Breaker state", "none")
-            .describe("Which state the breaker is in over time, one band per state (a keyed breaker shows every state some key is in).")
-            .query(&s("palisade_breaker_state", ""), "{{state}}")
+            .describe("Which state the breaker is in over time, one band per state (with several breakers for this downstream — keyed, or one per service — every state some breaker is in).")
+            .query(
+                &format!("sum by (state) ({})", s("palisade_breaker_state", "")),
+                "{{state}}",
+            )
             .state_colour("closed", "green")
             .state_colour("half_open", "yellow")
             .state_colour("open", "red")
@@ -156,9 +159,15 @@ pub fn dashboard_json() -> Value {
     );
     l.add(
         Panel::timeseries("Failure and slow-call rate vs threshold", "percentunit")
-            .describe("The breaker's window rates against the thresholds it opens at. Palisade exports no threshold metric: the dashed lines are the $failure_rate_threshold and $slow_call_rate_threshold variables — set them to the breaker's configuration.")
-            .query(&s("palisade_breaker_failure_rate_ratio", ""), "failure rate")
-            .query(&s("palisade_breaker_slow_call_rate_ratio", ""), "slow-call rate")
+            .describe("The breaker's window rates (the highest, where several services have a breaker for this downstream) against the thresholds it opens at. Palisade exports no threshold metric: the dashed lines are the $failure_rate_threshold and $slow_call_rate_threshold variables — set them to the breaker's configuration.")
+            .query(
+                &format!("max({})", s("palisade_breaker_failure_rate_ratio", "")),
+                "failure rate",
+            )
+            .query(
+                &format!("max({})", s("palisade_breaker_slow_call_rate_ratio", "")),
+                "slow-call rate",
+            )
             .query("vector($failure_rate_threshold)", "failure-rate threshold")
             .query("vector($slow_call_rate_threshold)", "slow-call threshold")
             .colour("failure rate", "red", false)
