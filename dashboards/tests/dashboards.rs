@@ -254,3 +254,68 @@ fn bad_promql_and_unknown_variables_fail() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn panels_fit_the_grid_without_overlapping() {
+    for (file, _) in palisade_dashboards::dashboards() {
+        let d = committed(file);
+        let mut taken: Vec<(u64, u64, u64, u64, String)> = Vec::new();
+        for p in palisade_dashboards::panels(&d) {
+            let g = &p["gridPos"];
+            let (x, y, w, h) = (
+                g["x"].as_u64().unwrap(),
+                g["y"].as_u64().unwrap(),
+                g["w"].as_u64().unwrap(),
+                g["h"].as_u64().unwrap(),
+            );
+            let title = p["title"].as_str().unwrap().to_owned();
+            assert!(
+                x + w <= 24 && w > 0 && h > 0,
+                "{file} \"{title}\" is off the grid"
+            );
+            for (ox, oy, ow, oh, other) in &taken {
+                let overlap = x < ox + ow && *ox < x + w && y < oy + oh && *oy < y + h;
+                assert!(!overlap, "{file}: \"{title}\" overlaps \"{other}\"");
+            }
+            taken.push((x, y, w, h, title));
+        }
+    }
+}
+
+#[test]
+fn repeated_panels_follow_their_variable() {
+    // Every query under the row repeated per downstream selects `$downstream` (or
+    // draws a threshold variable), so each repeated row shows its own downstream.
+    let d = committed("palisade-overview.json");
+    let panels = d["panels"].as_array().unwrap();
+    let row = panels
+        .iter()
+        .position(|p| p["repeat"] == "downstream")
+        .unwrap();
+    let mut checked = 0;
+    for p in &panels[row + 1..] {
+        assert_ne!(p["type"], "row", "one repeated row, at the end");
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            assert!(
+                expr.contains(r#"downstream=~"$downstream""#) || expr.starts_with("vector($"),
+                "\"{}\": {expr}",
+                p["title"]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20);
+    // The per-service heatmap selects `$service`.
+    let o = committed("order-demo.json");
+    for p in palisade_dashboards::panels(&o) {
+        if p["repeat"] == "service" {
+            assert!(
+                p["targets"][0]["expr"]
+                    .as_str()
+                    .unwrap()
+                    .contains(r#"service=~"$service""#)
+            );
+        }
+    }
+}
