@@ -104,7 +104,8 @@ async fn retry_never_retries_an_open_circuit() {
 #[tokio::test(start_paused = true)]
 async fn retry_never_retries_when_the_budget_is_spent() {
     let endpoint = Endpoint::failing();
-    let broke = BudgetConfig { deposit_ratio: 0.0, min_retries_per_sec: 0, max_balance: 10 };
+    // Each success (or deposit) earns one retry; there is no free floor.
+    let broke = BudgetConfig { deposit_ratio: 1.0, min_retries_per_sec: 0, max_balance: 10 };
     let stack = Downstream::builder("broke")
         .retry(RetryConfig { budget: broke, ..retry3(Duration::from_millis(10)) })
         .build()
@@ -118,7 +119,6 @@ async fn retry_never_retries_when_the_budget_is_spent() {
     for _ in 0..2 {
         budget.deposit();
     }
-    assert!(budget.balance() >= 2.0 - 1e-9, "deposit ratio 0 still deposits whole tokens by hand");
     let before = endpoint.calls();
     svc.ready().await.unwrap().call("x").await.unwrap_err();
     assert_eq!(endpoint.calls() - before, 3);
@@ -130,14 +130,18 @@ async fn retries_and_hedges_spend_one_budget() {
     let endpoint = Endpoint::new(|n| {
         if n % 2 == 0 { (Duration::from_secs(1), true) } else { (Duration::ZERO, true) }
     });
-    let budget = BudgetConfig { deposit_ratio: 0.0, min_retries_per_sec: 0, max_balance: 10 };
+    // A success earns a tenth of a retry; there is no free floor.
+    let budget = BudgetConfig { deposit_ratio: 0.1, min_retries_per_sec: 0, max_balance: 10 };
     let stack = Downstream::builder("hedged")
         .retry(RetryConfig { budget, ..retry3(Duration::from_millis(10)) })
         .hedge(HedgeDelay::Fixed(Duration::from_millis(100)), 1)
         .build()
         .unwrap();
     let shared = Arc::clone(stack.handle().retry_budget().unwrap());
-    shared.deposit();
+    for _ in 0..10 {
+        shared.deposit();
+    }
+    assert!((shared.balance() - 1.0).abs() < 1e-6, "one token: {}", shared.balance());
     let mut svc = stack.layer(endpoint.clone());
 
     let start = Instant::now();
