@@ -1,0 +1,1 @@
+//! HTTP support (placeholder until written).
