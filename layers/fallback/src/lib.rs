@@ -80,7 +80,7 @@ pub use fallback::{
 pub use flight::SharedError;
 pub use future::ResponseFuture;
 #[cfg(feature = "http")]
-pub use http::{HttpKey, HttpMark, HttpStore, ServedFallback};
+pub use http::{CachedBody, HttpEntry, HttpKey, HttpMark, HttpStore, RequestKey, ServedFallback};
 pub use key::{FnKey, KeyFn, KeyOf, key_fn};
 pub use metrics::FallbackReason;
 pub use store::{Captured, CloneStore, Served, Store, StoreOf};

@@ -177,7 +177,6 @@ impl FlightMetrics {
         }
     }
 }
-}
 
 /// Registered handles of one `CacheLayer`.
 #[derive(Debug)]

@@ -91,8 +91,8 @@ pub trait StoreOf<Res>: Store {
 /// struct Product { name: String, stale: bool }
 ///
 /// let store = CloneStore::new()
-///     .weigh(|p: &Product| p.name.len() as u32 + 32)
-///     .mark(|p: &mut Product, served| p.stale = served.is_stale());
+///     .with_weigher(|p: &Product| p.name.len() as u32 + 32)
+///     .with_marker(|p: &mut Product, served| p.stale = served.is_stale());
 /// let entry = Product { name: "lamp".into(), stale: false };
 /// assert_eq!(store.weigh(&entry), 36);
 /// let served = store.rebuild(&entry, Served::Stale { age: std::time::Duration::from_secs(90) });
@@ -133,13 +133,13 @@ impl<T> CloneStore<T> {
     }
 
     /// Weighs entries with `weigh` (approximate bytes).
-    pub fn weigh(mut self, weigh: fn(&T) -> u32) -> Self {
+    pub fn with_weigher(mut self, weigh: fn(&T) -> u32) -> Self {
         self.weigh = Some(weigh);
         self
     }
 
     /// Marks each response served from the cache (or shared) with `mark`.
-    pub fn mark(mut self, mark: fn(&mut T, Served)) -> Self {
+    pub fn with_marker(mut self, mark: fn(&mut T, Served)) -> Self {
         self.mark = Some(mark);
         self
     }
