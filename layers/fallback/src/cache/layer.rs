@@ -157,6 +157,13 @@ impl<KF: KeyFn, St: Store, C> CacheBuilder<KF, St, C> {
         self
     }
 
+    /// For `window` past the fresh TTL, stale entries answer at once while the
+    /// dependency is asked in the background.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.config.stale_while_revalidate = window;
+        self
+    }
+
     /// Whether fresh entries answer without calling the dependency.
     pub fn serve_fresh(mut self, serve: bool) -> Self {
         self.config.serve_fresh = serve;
@@ -222,6 +229,7 @@ impl<KF: KeyFn, St: Store, C> CacheBuilder<KF, St, C> {
                 flights,
                 fresh_ttl: self.config.fresh_ttl,
                 expire_after: self.config.fresh_ttl + self.config.max_stale,
+                revalidate_before: self.config.fresh_ttl + self.config.stale_while_revalidate,
                 serve_fresh: self.config.serve_fresh,
                 metrics,
             }),

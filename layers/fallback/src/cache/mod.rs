@@ -34,6 +34,9 @@ pub(crate) struct CacheCore<K, E> {
     pub(crate) fresh_ttl: Duration,
     /// Entries at least this old are never served: `fresh_ttl + max_stale`.
     pub(crate) expire_after: Duration,
+    /// Stale entries younger than this answer at once while a refresh runs in the
+    /// background: `fresh_ttl + stale_while_revalidate`.
+    pub(crate) revalidate_before: Duration,
     pub(crate) serve_fresh: bool,
     pub(crate) metrics: Arc<CacheMetrics>,
 }
@@ -180,7 +183,7 @@ where
                 store,
                 Some(Arc::clone(&core.metrics)),
             ),
-            (Joined::Lead(launch, waiter), _) => {                let refresh = refresh(
+            (Joined::Lead(launch, waiter), found) => {                let refresh = refresh(
                     Arc::clone(core),
                     self.inner.clone(),
                     req,
@@ -192,7 +195,22 @@ where
                     let landing = refresh.await;
                     launch.land(landing);
                 });
-                ResponseFuture::wait(waiter, None, store, Some(Arc::clone(&core.metrics)))
+                match found {
+                    // Within stale-while-revalidate: answer now, the refresh goes on.
+                    Some((slot, age)) if age >= core.fresh_ttl && age < core.revalidate_before => {
+                        drop(waiter);
+                        core.metrics.lookup(Lookup::Stale);
+                        core.metrics.stale_served(age);
+                        let response = store.rebuild(&slot.entry, Served::Stale { age });
+                        ResponseFuture::ready(response, store)
+                    }
+                    _ => ResponseFuture::wait(
+                        waiter,
+                        None,
+                        store,
+                        Some(Arc::clone(&core.metrics)),
+                    ),
+                }
             }
         }
     }
