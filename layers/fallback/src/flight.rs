@@ -205,12 +205,14 @@ impl<K: Hash + Eq + Clone, E: Clone> Flights<K, E> {
         Joined::Lead(launch, self.waiter(rx, flight))
     }
 
-    fn waiter(self: &Arc<Self>, rx: oneshot::Receiver<Landing<E>>, flight: Arc<Flight<K, E>>) -> Waiter<K, E> {
+    fn waiter(
+        self: &Arc<Self>,
+        rx: oneshot::Receiver<Landing<E>>,
+        flight: Arc<Flight<K, E>>,
+    ) -> Waiter<K, E> {
         Waiter {
             rx,
-            leave: self
-                .cancel_abandoned
-                .then(|| (Arc::clone(self), flight)),
+            leave: self.cancel_abandoned.then(|| (Arc::clone(self), flight)),
             done: false,
         }
     }
@@ -224,11 +226,7 @@ impl<K: Hash + Eq + Clone, E: Clone> Flights<K, E> {
             return None;
         }
         state.finished = true;
-        if flight.registered
-            && map
-                .get(&flight.key)
-                .is_some_and(|f| Arc::ptr_eq(f, flight))
-        {
+        if flight.registered && map.get(&flight.key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
             map.remove(&flight.key);
         }
         drop(map);
@@ -253,11 +251,7 @@ impl<K: Hash + Eq + Clone, E: Clone> Flights<K, E> {
             return;
         }
         state.finished = true;
-        if flight.registered
-            && map
-                .get(&flight.key)
-                .is_some_and(|f| Arc::ptr_eq(f, flight))
-        {
+        if flight.registered && map.get(&flight.key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
             map.remove(&flight.key);
         }
         let abort = state.abort.take();
@@ -352,13 +346,16 @@ impl<K, E> AbortSlot<K, E> {
     }
 }
 
+/// The calls of a layer and the one a waiter belongs to.
+type Membership<K, E> = (Arc<Flights<K, E>>, Arc<Flight<K, E>>);
+
 /// Waits for the result of a call in flight. Dropping it before the result comes
 /// cancels the call only when it was the last waiter of a coalescing layer.
 #[pin_project(PinnedDrop)]
 pub(crate) struct Waiter<K: Hash + Eq + Clone, E: Clone> {
     #[pin]
     rx: oneshot::Receiver<Landing<E>>,
-    leave: Option<(Arc<Flights<K, E>>, Arc<Flight<K, E>>)>,
+    leave: Option<Membership<K, E>>,
     done: bool,
 }
 

@@ -130,7 +130,9 @@ where
                 }
                 StateProj::Ready { response } => {
                     return Poll::Ready(response.take().unwrap_or_else(|| {
-                        Err(Error::Inner("response future polled after completion".into()))
+                        Err(Error::Inner(
+                            "response future polled after completion".into(),
+                        ))
                     }));
                 }
                 StateProj::Wait {
@@ -173,9 +175,9 @@ where
                     count(this.lookups, Lookup::Miss);
                     Err(failure.to_error())
                 }
-                Landing::Shared(Delivery::CallThrough) => {
-                    Err(Error::Inner("the shared call ended without a result".into()))
-                }
+                Landing::Shared(Delivery::CallThrough) => Err(Error::Inner(
+                    "the shared call ended without a result".into(),
+                )),
                 Landing::Own(own) => {
                     count(this.lookups, Lookup::Miss);
                     match own.downcast::<St::Output>() {

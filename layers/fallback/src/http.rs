@@ -143,9 +143,8 @@ impl HttpKey {
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                Method::from_bytes(m.as_bytes()).map_err(|e| {
-                    ConfigError::new(format!("methods[{i}]"), format!("{m:?}: {e}"))
-                })
+                Method::from_bytes(m.as_bytes())
+                    .map_err(|e| ConfigError::new(format!("methods[{i}]"), format!("{m:?}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let headers = headers
@@ -171,7 +170,9 @@ impl KeyFn for HttpKey {
     type Key = RequestKey;
 
     fn weigh(&self, key: &RequestKey) -> u32 {
-        u32::try_from(key.0.len()).unwrap_or(u32::MAX).saturating_add(16)
+        u32::try_from(key.0.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(16)
     }
 }
 
@@ -278,13 +279,10 @@ impl Store for HttpStore {
     }
 
     fn cacheable(&self, entry: &HttpEntry) -> bool {
-        !entry
-            .0
-            .head
-            .headers
-            .get_all(CACHE_CONTROL)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains("no-store")))
+        !entry.0.head.headers.get_all(CACHE_CONTROL).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.to_ascii_lowercase().contains("no-store"))
+        })
     }
 }
 
@@ -722,7 +720,11 @@ mod tests {
         HttpMark.mark(&mut response, FallbackReason::CircuitOpen);
         assert_eq!(response.headers()[FALLBACK_HEADER], "circuit_open");
         assert_eq!(
-            response.extensions().get::<ServedFallback>().unwrap().reason,
+            response
+                .extensions()
+                .get::<ServedFallback>()
+                .unwrap()
+                .reason,
             FallbackReason::CircuitOpen
         );
     }

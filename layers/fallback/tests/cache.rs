@@ -99,9 +99,7 @@ impl Catalog {
                         tokio::time::sleep(after).await;
                         Err::<Product, BoxError>("connection refused".into())
                     }
-                    Some(Down::Refused) => {
-                        Err(Rejection::new(RejectionKind::CircuitOpen).into())
-                    }
+                    Some(Down::Refused) => Err(Rejection::new(RejectionKind::CircuitOpen).into()),
                 };
                 *catalog.in_flight.lock().unwrap().get_mut(&id).unwrap() -= 1;
                 result
@@ -119,7 +117,10 @@ fn store() -> CloneStore<Product> {
 fn cache(
     fresh: Duration,
     max_stale: Duration,
-) -> palisade_fallback::CacheBuilder<impl palisade_fallback::KeyOf<u32, Key = u32>, CloneStore<Product>> {
+) -> palisade_fallback::CacheBuilder<
+    impl palisade_fallback::KeyOf<u32, Key = u32>,
+    CloneStore<Product>,
+> {
     // Product 0 is not cacheable.
     CacheLayer::builder(
         "catalog",
@@ -272,7 +273,10 @@ async fn within_stale_while_revalidate_the_refresh_runs_in_the_background() {
     let start = Instant::now();
     let p = svc.clone().oneshot(1).await.unwrap();
     assert_eq!(Instant::now(), start);
-    assert_eq!((p.version, p.served), (1, Some(Served::Stale { age: 30 * SEC - MS })));
+    assert_eq!(
+        (p.version, p.served),
+        (1, Some(Served::Stale { age: 30 * SEC - MS }))
+    );
     assert_eq!(handle.refreshes_in_flight(), 1);
     tokio::time::sleep(SEC + MS).await;
     assert_eq!(handle.refreshes_in_flight(), 0);
@@ -295,7 +299,9 @@ async fn cold_misses_wait_for_one_call_and_share_its_error() {
     let svc = ServiceBuilder::new()
         .layer(cache(10 * SEC, 60 * SEC).build().unwrap())
         .service(Catalog::service(catalog.clone()));
-    let tasks: Vec<_> = (0..50).map(|_| tokio::spawn(svc.clone().oneshot(3))).collect();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(svc.clone().oneshot(3)))
+        .collect();
     for task in tasks {
         let p = task.await.unwrap().unwrap();
         assert_eq!((p.id, p.served), (3, Some(Served::Fetched)));
@@ -303,7 +309,9 @@ async fn cold_misses_wait_for_one_call_and_share_its_error() {
     assert_eq!(catalog.calls(), 1);
 
     catalog.go_down(Down::Fails(100 * MS));
-    let tasks: Vec<_> = (0..50).map(|_| tokio::spawn(svc.clone().oneshot(4))).collect();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(svc.clone().oneshot(4)))
+        .collect();
     for task in tasks {
         let err = task.await.unwrap().unwrap_err();
         assert_eq!(err.to_string(), "downstream error: connection refused");
@@ -315,14 +323,18 @@ async fn cold_misses_wait_for_one_call_and_share_its_error() {
 async fn responses_judged_ignored_are_passed_on_not_cached() {
     let catalog = Catalog::new(Duration::ZERO);
     // Version 0 means "not published yet": not a failure, but not worth keeping.
-    let classify = palisade_core::classify_fn(
-        |result: Result<&Product, &palisade_core::Error>| match result {
-            Ok(p) if p.version == 0 => palisade_core::Outcome::Ignored,
-            Ok(_) => palisade_core::Outcome::Success,
-            Err(_) => palisade_core::Outcome::Failure(palisade_core::FailureReason::ERROR),
-        },
-    );
-    let layer = cache(10 * SEC, 60 * SEC).classify(classify).build().unwrap();
+    let classify =
+        palisade_core::classify_fn(
+            |result: Result<&Product, &palisade_core::Error>| match result {
+                Ok(p) if p.version == 0 => palisade_core::Outcome::Ignored,
+                Ok(_) => palisade_core::Outcome::Success,
+                Err(_) => palisade_core::Outcome::Failure(palisade_core::FailureReason::ERROR),
+            },
+        );
+    let layer = cache(10 * SEC, 60 * SEC)
+        .classify(classify)
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let mut svc = ServiceBuilder::new()
         .layer(layer)
@@ -340,9 +352,8 @@ async fn responses_judged_ignored_are_passed_on_not_cached() {
 #[tokio::test(start_paused = true)]
 async fn requests_without_a_key_pass_through_untouched() {
     let (recorder, snapshotter) = recorder();
-    let layer = metrics::with_local_recorder(&recorder, || {
-        cache(10 * SEC, 60 * SEC).build().unwrap()
-    });
+    let layer =
+        metrics::with_local_recorder(&recorder, || cache(10 * SEC, 60 * SEC).build().unwrap());
     let catalog = Catalog::new(Duration::ZERO);
     let mut svc = ServiceBuilder::new()
         .layer(layer)
@@ -353,7 +364,10 @@ async fn requests_without_a_key_pass_through_untouched() {
     }
     assert_eq!(catalog.calls(), 3);
     let metrics = Metrics::read(&snapshotter);
-    assert_eq!(metrics.lookups("hit") + metrics.lookups("miss") + metrics.lookups("stale"), 0);
+    assert_eq!(
+        metrics.lookups("hit") + metrics.lookups("miss") + metrics.lookups("stale"),
+        0
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -396,8 +410,14 @@ async fn entries_are_evicted_by_weight() {
     let held = handle.entry_count();
     assert!((1..=20).contains(&held), "{held} entries held");
     let metrics = Metrics::read(&snapshotter);
-    assert_eq!(metrics.counter("palisade_fallback_cache_evictions_total"), 200 - held);
-    assert_eq!(metrics.gauge("palisade_fallback_cache_entries"), held as f64);
+    assert_eq!(
+        metrics.counter("palisade_fallback_cache_evictions_total"),
+        200 - held
+    );
+    assert_eq!(
+        metrics.gauge("palisade_fallback_cache_entries"),
+        held as f64
+    );
 }
 
 /// Fills a cache bounded at 1 MiB with `keys` distinct keys, checking the bound
@@ -416,7 +436,11 @@ async fn fill_with_distinct_keys(keys: u32) {
         svc.ready().await.unwrap().call(id).await.unwrap();
         if id % (keys / 10) == 0 {
             handle.run_pending_tasks();
-            assert!(handle.weighted_size() <= BOUND, "{}", handle.weighted_size());
+            assert!(
+                handle.weighted_size() <= BOUND,
+                "{}",
+                handle.weighted_size()
+            );
         }
     }
     handle.run_pending_tasks();
@@ -441,9 +465,8 @@ async fn a_million_keys_stay_within_the_bound() {
 #[tokio::test(start_paused = true)]
 async fn lookups_are_counted_by_result() {
     let (recorder, snapshotter) = recorder();
-    let layer = metrics::with_local_recorder(&recorder, || {
-        cache(10 * SEC, 60 * SEC).build().unwrap()
-    });
+    let layer =
+        metrics::with_local_recorder(&recorder, || cache(10 * SEC, 60 * SEC).build().unwrap());
     let catalog = Catalog::new(Duration::ZERO);
     let mut svc = ServiceBuilder::new()
         .layer(layer)
@@ -458,7 +481,10 @@ async fn lookups_are_counted_by_result() {
     assert_eq!(metrics.lookups("hit"), 1);
     assert_eq!(metrics.lookups("miss"), 2);
     assert_eq!(metrics.lookups("stale"), 1);
-    assert_eq!(metrics.histogram("palisade_fallback_stale_age_seconds"), vec![30.0]);
+    assert_eq!(
+        metrics.histogram("palisade_fallback_stale_age_seconds"),
+        vec![30.0]
+    );
     assert_eq!(metrics.gauge("palisade_fallback_cache_entries"), 1.0);
 }
 
@@ -560,7 +586,7 @@ async fn a_catalog_outage_behind_a_breaker_is_served_from_the_cache() {
     for task in tasks {
         task.await.unwrap();
     }
-    let results = results.lock().unwrap();
+    let results = std::mem::take(&mut *results.lock().unwrap());
     let p99 = |phase: Phase| {
         let mut latencies: Vec<Duration> = results
             .iter()
@@ -617,15 +643,15 @@ async fn a_catalog_outage_behind_a_breaker_is_served_from_the_cache() {
 
     // Recovered: the breaker closed and every product is fresh, at version 2.
     assert_eq!(breaker_handle.state(), palisade_breaker::State::Closed);
-    let recovered: Vec<_> = results
-        .iter()
-        .filter(|r| r.0 == Phase::Recovered)
-        .collect();
+    let recovered: Vec<_> = results.iter().filter(|r| r.0 == Phase::Recovered).collect();
     assert!(recovered.iter().all(|r| r.1));
     for id in 1..=PRODUCTS {
         let p = svc.clone().oneshot(id).await.unwrap();
         assert_eq!(p.version, 2, "product {id}");
-        assert!(matches!(p.served, Some(Served::Fresh { .. })), "product {id}");
+        assert!(
+            matches!(p.served, Some(Served::Fresh { .. })),
+            "product {id}"
+        );
         assert!(handle.age_of(&id).unwrap() < 10 * SEC);
     }
 }
@@ -636,7 +662,10 @@ fn recorder() -> (DebuggingRecorder, Snapshotter) {
     (recorder, snapshotter)
 }
 
-struct Metrics(Vec<(String, Vec<(String, String)>, DebugValue)>);
+/// A series: name, labels, value.
+type Series = (String, Vec<(String, String)>, DebugValue);
+
+struct Metrics(Vec<Series>);
 
 impl Metrics {
     fn read(snapshotter: &Snapshotter) -> Self {

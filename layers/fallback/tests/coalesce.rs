@@ -36,8 +36,7 @@ impl Dependency {
     ) -> impl Service<u32, Response = String, Error = BoxError, Future = impl Send>
     + Clone
     + Send
-    + 'static
-    {
+    + 'static {
         tower::service_fn(move |key: u32| {
             dep.calls.fetch_add(1, Ordering::SeqCst);
             let watch = DropWatch {
@@ -64,7 +63,9 @@ impl Dependency {
     }
 }
 
-fn layer(max_keys: usize) -> CoalesceLayer<impl palisade_fallback::KeyOf<u32> + Clone, CloneStore<String>> {
+fn layer(
+    max_keys: usize,
+) -> CoalesceLayer<impl palisade_fallback::KeyOf<u32> + Clone, CloneStore<String>> {
     CoalesceLayer::builder(
         "pricing",
         key_fn(|key: &u32| (*key != 0).then_some(*key)),
@@ -124,9 +125,10 @@ async fn cancelling_one_waiter_does_not_cancel_the_call_for_the_others() {
         .layer(layer(16))
         .service(Dependency::service(dep.clone(), Duration::from_millis(100)));
     // The request that starts the call gives up after 10 ms ...
-    let first = tokio::spawn(
-        tokio::time::timeout(Duration::from_millis(10), svc.clone().oneshot(5)),
-    );
+    let first = tokio::spawn(tokio::time::timeout(
+        Duration::from_millis(10),
+        svc.clone().oneshot(5),
+    ));
     tokio::time::sleep(Duration::from_millis(1)).await;
     let second = tokio::spawn(svc.clone().oneshot(5));
     assert!(first.await.unwrap().is_err(), "the first caller timed out");
@@ -156,7 +158,11 @@ async fn when_every_waiter_leaves_the_call_is_cancelled() {
     assert!(b.await.unwrap().is_err());
     tokio::task::yield_now().await;
     assert_eq!(dep.calls(), 1);
-    assert_eq!(dep.dropped.load(Ordering::SeqCst), 1, "the call was cancelled");
+    assert_eq!(
+        dep.dropped.load(Ordering::SeqCst),
+        1,
+        "the call was cancelled"
+    );
     assert_eq!(svc.keys_in_flight(), 0);
     // A new request starts a new call.
     assert_eq!(
@@ -244,13 +250,21 @@ async fn coalesced_waiters_are_counted() {
 
 #[test]
 fn bad_settings_name_the_field() {
-    let err = CoalesceLayer::builder("pricing", key_fn(|k: &u32| Some(*k)), CloneStore::<String>::new())
-        .max_keys_in_flight(0)
-        .build()
-        .unwrap_err();
+    let err = CoalesceLayer::builder(
+        "pricing",
+        key_fn(|k: &u32| Some(*k)),
+        CloneStore::<String>::new(),
+    )
+    .max_keys_in_flight(0)
+    .build()
+    .unwrap_err();
     assert_eq!(err.to_string(), "max_keys_in_flight: must be at least 1");
-    let err = CoalesceLayer::builder("pri cing", key_fn(|k: &u32| Some(*k)), CloneStore::<String>::new())
-        .build()
-        .unwrap_err();
+    let err = CoalesceLayer::builder(
+        "pri cing",
+        key_fn(|k: &u32| Some(*k)),
+        CloneStore::<String>::new(),
+    )
+    .build()
+    .unwrap_err();
     assert_eq!(err.field(), "name");
 }

@@ -18,8 +18,8 @@ enum Answer {
     Refuse(RejectionKind),
 }
 
-fn dependency() -> impl Service<Answer, Response = String, Error = BoxError, Future = impl Send> + Clone
-{
+fn dependency()
+-> impl Service<Answer, Response = String, Error = BoxError, Future = impl Send> + Clone {
     tower::service_fn(|answer: Answer| async move {
         match answer {
             Answer::Ok => Ok("fresh".to_string()),
@@ -40,7 +40,10 @@ fn recording() -> (
         let text = match cause {
             FallbackCause::Rejected(r) => format!("rejected: {}", r.kind()),
             FallbackCause::Failed { reason, error } => {
-                format!("failed: {reason}: {}", error.map(|e| e.to_string()).unwrap_or_default())
+                format!(
+                    "failed: {reason}: {}",
+                    error.map(|e| e.to_string()).unwrap_or_default()
+                )
             }
         };
         log.lock().unwrap().push(text);
@@ -59,7 +62,9 @@ async fn failures_and_rejections_get_the_fallback() {
     assert_eq!(call(Answer::Ok).await.unwrap(), "fresh");
     assert_eq!(call(Answer::Fail).await.unwrap(), "fallback (failure)");
     assert_eq!(
-        call(Answer::Refuse(RejectionKind::CircuitOpen)).await.unwrap(),
+        call(Answer::Refuse(RejectionKind::CircuitOpen))
+            .await
+            .unwrap(),
         "fallback (circuit_open)"
     );
     assert_eq!(
@@ -116,7 +121,9 @@ async fn a_fixed_value_from_config() {
     let mut call = async |a| svc.ready().await.unwrap().call(a).await;
     assert_eq!(call(Answer::Fail).await.unwrap(), "default");
     assert_eq!(
-        call(Answer::Refuse(RejectionKind::BulkheadFull)).await.unwrap(),
+        call(Answer::Refuse(RejectionKind::BulkheadFull))
+            .await
+            .unwrap(),
         "default"
     );
     assert!(
@@ -169,14 +176,16 @@ async fn http_responses_are_judged_by_status_and_marked() {
     .mark(HttpMark)
     .build()
     .unwrap();
-    let svc = ServiceBuilder::new().layer(layer).service_fn(|status: u16| async move {
-        Ok::<_, BoxError>(
-            http::Response::builder()
-                .status(status)
-                .body("real")
-                .unwrap(),
-        )
-    });
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|status: u16| async move {
+            Ok::<_, BoxError>(
+                http::Response::builder()
+                    .status(status)
+                    .body("real")
+                    .unwrap(),
+            )
+        });
     let ok = svc.clone().oneshot(200).await.unwrap();
     assert_eq!(*ok.body(), "real");
     assert!(ok.headers().get("x-palisade-fallback").is_none());

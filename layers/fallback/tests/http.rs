@@ -109,13 +109,25 @@ async fn fresh_hits_carry_age_and_the_cache_header() {
     .unwrap();
     let mut svc = ServiceBuilder::new().layer(cache).service(client());
 
-    let first = svc.ready().await.unwrap().call(get(addr, "/products/7")).await.unwrap();
+    let first = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get(addr, "/products/7"))
+        .await
+        .unwrap();
     assert_eq!(first.status(), 200);
     assert!(first.headers().get("age").is_none());
     assert!(first.headers().get("x-palisade-cache").is_none());
     assert_eq!(text(first).await, "product 7");
 
-    let hit = svc.ready().await.unwrap().call(get(addr, "/products/7")).await.unwrap();
+    let hit = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get(addr, "/products/7"))
+        .await
+        .unwrap();
     assert_eq!(hit.headers()["age"], "0");
     assert_eq!(hit.headers()["x-palisade-cache"], "hit");
     assert_eq!(hit.headers()["content-type"], "text/plain");
@@ -152,7 +164,8 @@ async fn while_the_server_fails_stale_entries_and_fallbacks_answer() {
     )
     .unwrap();
     let fallback = FallbackLayer::builder("catalog", |cause: &FallbackCause<'_>| {
-        let mut response = Response::new(CachedBody::full(format!("no product ({})", cause.reason())));
+        let mut response =
+            Response::new(CachedBody::full(format!("no product ({})", cause.reason())));
         *response.status_mut() = StatusCode::OK;
         response
     })
@@ -165,12 +178,24 @@ async fn while_the_server_fails_stale_entries_and_fallbacks_answer() {
         .layer(cache)
         .service(client());
 
-    let first = svc.ready().await.unwrap().call(get(addr, "/products/1")).await.unwrap();
+    let first = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get(addr, "/products/1"))
+        .await
+        .unwrap();
     assert_eq!(text(first).await, "product 1");
     server.down.store(true, Ordering::SeqCst);
 
     // The server answers 503: the stale entry answers instead, marked.
-    let stale = svc.ready().await.unwrap().call(get(addr, "/products/1")).await.unwrap();
+    let stale = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get(addr, "/products/1"))
+        .await
+        .unwrap();
     assert_eq!(stale.status(), 200);
     assert_eq!(stale.headers()["age"], "0");
     assert_eq!(stale.headers()["x-palisade-cache"], "stale");
@@ -179,14 +204,26 @@ async fn while_the_server_fails_stale_entries_and_fallbacks_answer() {
     assert_eq!(text(stale).await, "product 1");
 
     // Nothing cached: the 503 reaches the fallback.
-    let fallback = svc.ready().await.unwrap().call(get(addr, "/products/2")).await.unwrap();
+    let fallback = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get(addr, "/products/2"))
+        .await
+        .unwrap();
     assert_eq!(fallback.headers()["x-palisade-fallback"], "failure");
     assert_eq!(text(fallback).await, "no product (failure)");
     assert_eq!(server.served(), 3);
 
     // Back up: the server's answer wins again.
     server.down.store(false, Ordering::SeqCst);
-    let fresh = svc.ready().await.unwrap().call(get(addr, "/products/1")).await.unwrap();
+    let fresh = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get(addr, "/products/1"))
+        .await
+        .unwrap();
     assert!(fresh.headers().get("x-palisade-cache").is_none());
     assert_eq!(text(fresh).await, "product 1");
 }

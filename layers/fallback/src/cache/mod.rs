@@ -183,7 +183,8 @@ where
                 store,
                 Some(Arc::clone(&core.metrics)),
             ),
-            (Joined::Lead(launch, waiter), found) => {                let refresh = refresh(
+            (Joined::Lead(launch, waiter), found) => {
+                let refresh = refresh(
                     Arc::clone(core),
                     self.inner.clone(),
                     req,
@@ -204,12 +205,7 @@ where
                         let response = store.rebuild(&slot.entry, Served::Stale { age });
                         ResponseFuture::ready(response, store)
                     }
-                    _ => ResponseFuture::wait(
-                        waiter,
-                        None,
-                        store,
-                        Some(Arc::clone(&core.metrics)),
-                    ),
+                    _ => ResponseFuture::wait(waiter, None, store, Some(Arc::clone(&core.metrics))),
                 }
             }
         }
