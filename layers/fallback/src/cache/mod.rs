@@ -79,7 +79,13 @@ where
 /// fails (as the classifier judges it) or is refused by Palisade, an entry younger
 /// than `fresh_ttl + max_stale` answers instead, marked stale. While a key's
 /// refresh is in flight, other requests for it get the stale entry at once, or wait
-/// for the refresh when there is none. Requests without a key pass through.
+/// for the refresh when there is none. Within `stale_while_revalidate` past the
+/// fresh TTL even the request that starts the refresh gets the stale entry at once,
+/// so a dependency that hangs adds no latency to reads it has answered before.
+/// Requests without a key pass through.
+///
+/// Entry ages are read from `tokio::time`; an entry past `fresh_ttl + max_stale` is
+/// dropped when it is next looked up, or evicted by weight before that.
 ///
 /// `poll_ready` is always ready: a call to the dependency waits for readiness of its
 /// own clone of the inner service, so a cache hit never holds inner capacity.
