@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use palisade_core::{BoxError, ConfigError, Error, Name};
+use palisade_core::{BoxError, ConfigError, Deadline, Error, Name};
 use tower::util::Oneshot;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -25,6 +25,10 @@ use crate::store::{Captured, Store, StoreOf};
 /// once; requests for further keys, and requests without a key, call on their own.
 /// A response that cannot be shared (an HTTP body over `max_body_bytes`) goes to one
 /// waiter and the others make their own calls.
+///
+/// The shared call carries the [`Deadline`] of the request that started it (a
+/// request that joins it is still bounded by its own deadline in the layers
+/// outside).
 ///
 /// `poll_ready` is always ready; each call to the dependency waits for readiness of
 /// its own clone of the inner service.
@@ -94,8 +98,14 @@ where
                 let slot = launch.abort_slot();
                 let call = Oneshot::new(self.inner.clone(), req);
                 let capture = store.clone();
+                // The shared call carries the deadline of the request that started it.
+                let deadline = Deadline::current();
                 let task = tokio::spawn(async move {
-                    let result = call.await.map_err(Error::from_service);
+                    let result = match deadline {
+                        Some(deadline) => deadline.scope(call).await,
+                        None => call.await,
+                    };
+                    let result = result.map_err(Error::from_service);
                     let landing = match result {
                         Err(err) => Landing::Shared(Delivery::Failed(Failure::from_error(err))),
                         Ok(response) => match capture.capture(response).await {

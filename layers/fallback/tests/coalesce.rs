@@ -268,3 +268,16 @@ fn bad_settings_name_the_field() {
     .unwrap_err();
     assert_eq!(err.field(), "name");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_shared_call_carries_the_deadline_of_the_request_that_started_it() {
+    let svc = ServiceBuilder::new()
+        .layer(layer(16))
+        .service_fn(|_key: u32| async move {
+            Ok::<_, BoxError>(format!("{:?}", palisade_core::Deadline::current()))
+        });
+    let deadline = palisade_core::Deadline::after(Duration::from_secs(2));
+    let seen = deadline.scope(svc.clone().oneshot(4)).await.unwrap();
+    assert_eq!(seen, format!("{:?}", Some(deadline)));
+    assert_eq!(svc.oneshot(4).await.unwrap(), "None");
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use palisade_core::{AllErrorsFail, BoxError, Classify, Error, Name};
+use palisade_core::{AllErrorsFail, BoxError, Classify, Deadline, Error, Name};
 use tokio::time::Instant;
 use tower::util::Oneshot;
 use tower_service::Service;
@@ -82,7 +82,10 @@ where
 /// for the refresh when there is none. Within `stale_while_revalidate` past the
 /// fresh TTL even the request that starts the refresh gets the stale entry at once,
 /// so a dependency that hangs adds no latency to reads it has answered before.
-/// Requests without a key pass through.
+/// Requests without a key pass through. A refresh runs in a task of its own
+/// (it outlives the request that started it, and fills the cache even if that
+/// request gave up) and carries that request's
+/// [`Deadline`](palisade_core::Deadline).
 ///
 /// Entry ages are read from `tokio::time`; an entry past `fresh_ttl + max_stale` is
 /// dropped when it is next looked up, or evicted by weight before that.
@@ -198,8 +201,14 @@ where
                     store.clone(),
                     self.classify.clone(),
                 );
+                // The refresh runs in a task of its own, carrying the deadline of
+                // the request that started it.
+                let deadline = Deadline::current();
                 tokio::spawn(async move {
-                    let landing = refresh.await;
+                    let landing = match deadline {
+                        Some(deadline) => deadline.scope(refresh).await,
+                        None => refresh.await,
+                    };
                     launch.land(landing);
                 });
                 match found {
