@@ -262,3 +262,33 @@ async fn coalesced_requests_share_one_response_and_large_bodies_are_not_shared()
     }
     assert_eq!(server.served(), 3);
 }
+
+#[tokio::test]
+async fn bodies_over_the_bound_stream_on_and_are_not_cached() {
+    let server = Server::default();
+    let addr = server.start().await;
+    let cache = CacheLayer::http(
+        "catalog",
+        CacheConfig {
+            max_body_bytes: 1024,
+            ..CacheConfig::default()
+        },
+    )
+    .unwrap();
+    let handle = cache.handle();
+    let mut svc = ServiceBuilder::new().layer(cache).service(client());
+    for _ in 0..2 {
+        let response = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(get(addr, "/big"))
+            .await
+            .unwrap();
+        assert!(response.headers().get("x-palisade-cache").is_none());
+        assert_eq!(text(response).await.len(), 4096);
+    }
+    assert_eq!(server.served(), 2);
+    handle.run_pending_tasks();
+    assert_eq!(handle.entry_count(), 0);
+}
