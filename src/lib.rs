@@ -37,6 +37,8 @@
 
 pub use palisade_breaker as breaker;
 pub use palisade_core as core;
+pub use palisade_fallback as fallback;
+pub use palisade_fault as fault;
 pub use palisade_limit as limit;
 pub use palisade_retry as retry;
 pub use palisade_timeout as timeout;

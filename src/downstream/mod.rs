@@ -4,7 +4,7 @@
 //! policies you give it in the one order that makes them cooperate:
 //!
 //! ```text
-//! metrics → deadline → retry (+ hedge, one budget) → breaker → rate limit
+//! metrics → deadline → fallback → cache → retry (+ hedge, one budget) → breaker → rate limit
 //!         → bulkhead | adaptive limit → throttle → deadline check → per-try timeout → endpoint
 //! ```
 //!
@@ -77,7 +77,7 @@ pub use front::{Front, FrontFuture};
 pub use hop::HttpDeadline;
 pub use hop::{HopSpec, RefuseLate, RefuseLateFuture, RefuseLateLayer, RefuseLateService};
 pub use slot::{
-    AdaptiveSlot, BreakerSlot, BuildContext, BulkheadSlot, HedgeSlot, Off, RateSlot, RetrySlot,
+    AdaptiveSlot, BreakerSlot, BuildContext, BulkheadSlot, HedgeSlot, LayerSlot, Off, RateSlot, RetrySlot,
     Slot, ThrottleSlot, TimeoutSlot,
 };
 
@@ -88,9 +88,10 @@ use front::{FrontMetrics, FrontShared};
 pub type BoxDownstream<Req, Res> = tower::util::BoxCloneSyncService<Req, Res, Error>;
 
 /// The layers of a stack, innermost first: per-try timeout, deadline check (`H`),
-/// throttle, bulkhead or adaptive limit, rate limit, breaker, hedge, retry.
-pub type Layers<O, H, T, K, L, B, G, R> =
-    Stack<O, Stack<H, Stack<T, Stack<K, Stack<L, Stack<B, Stack<G, R>>>>>>>;
+/// throttle, bulkhead or adaptive limit, rate limit, breaker, hedge, retry, cache,
+/// fallback.
+pub type Layers<O, H, T, K, L, B, G, R, A, F> =
+    Stack<O, Stack<H, Stack<T, Stack<K, Stack<L, Stack<B, Stack<G, Stack<R, Stack<A, F>>>>>>>>>;
 
 /// One dependency's policies, assembled in the canonical order as one
 /// [`tower::Layer`]. See the [module docs](self) for the order and the rules it gives.
@@ -130,6 +131,8 @@ impl Downstream<()> {
             margin: Duration::from_millis(5),
             min_remaining: Duration::from_millis(10),
             metrics: true,
+            fallback: Off,
+            cache: Off,
             retry: Off,
             hedge: Off,
             breaker: Off,
@@ -231,6 +234,8 @@ pub struct Builder<
     C = AllErrorsFail,
     P = CloneRequests,
     H = RefuseLate,
+    F = Off,
+    A = Off,
     R = Off,
     G = Off,
     B = Off,
@@ -247,6 +252,8 @@ pub struct Builder<
     margin: Duration,
     min_remaining: Duration,
     metrics: bool,
+    fallback: F,
+    cache: A,
     retry: R,
     hedge: G,
     breaker: B,
@@ -256,18 +263,20 @@ pub struct Builder<
     timeout: O,
 }
 
-impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
+impl<C, P, H, F, A, R, G, B, L, K, T, O> Builder<C, P, H, F, A, R, G, B, L, K, T, O> {
     /// Classifies results with `classify` in every layer that judges calls.
-    pub fn classify<C2>(self, classify: C2) -> Builder<C2, P, H, R, G, B, L, K, T, O> {
+    pub fn classify<C2>(self, classify: C2) -> Builder<C2, P, H, F, A, R, G, B, L, K, T, O> {
         Builder {
             name: self.name,
-            classify: classify,
+            classify,
             protocol: self.protocol,
             hop: self.hop,
             total_timeout: self.total_timeout,
             margin: self.margin,
             min_remaining: self.min_remaining,
             metrics: self.metrics,
+            fallback: self.fallback,
+            cache: self.cache,
             retry: self.retry,
             hedge: self.hedge,
             breaker: self.breaker,
@@ -279,16 +288,18 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
     }
 
     /// Replays requests for retries and hedges with `protocol`.
-    pub fn protocol<P2>(self, protocol: P2) -> Builder<C, P2, H, R, G, B, L, K, T, O> {
+    pub fn protocol<P2>(self, protocol: P2) -> Builder<C, P2, H, F, A, R, G, B, L, K, T, O> {
         Builder {
             name: self.name,
             classify: self.classify,
-            protocol: protocol,
+            protocol,
             hop: self.hop,
             total_timeout: self.total_timeout,
             margin: self.margin,
             min_remaining: self.min_remaining,
             metrics: self.metrics,
+            fallback: self.fallback,
+            cache: self.cache,
             retry: self.retry,
             hedge: self.hedge,
             breaker: self.breaker,
@@ -300,16 +311,18 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
     }
 
     /// Sends each attempt with `hop` (see [`HopSpec`]).
-    pub fn hop<H2>(self, hop: H2) -> Builder<C, P, H2, R, G, B, L, K, T, O> {
+    pub fn hop<H2>(self, hop: H2) -> Builder<C, P, H2, F, A, R, G, B, L, K, T, O> {
         Builder {
             name: self.name,
             classify: self.classify,
             protocol: self.protocol,
-            hop: hop,
+            hop,
             total_timeout: self.total_timeout,
             margin: self.margin,
             min_remaining: self.min_remaining,
             metrics: self.metrics,
+            fallback: self.fallback,
+            cache: self.cache,
             retry: self.retry,
             hedge: self.hedge,
             breaker: self.breaker,
@@ -333,6 +346,8 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
         palisade_core::HttpClassifier,
         palisade_retry::http::HttpRetry,
         HttpDeadline,
+        F,
+        A,
         R,
         G,
         B,
@@ -373,8 +388,10 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
         self
     }
 
-    /// Retries failed calls with these settings.
-    pub fn retry(self, config: RetryConfig) -> Builder<C, P, H, RetrySlot, G, B, L, K, T, O> {
+    /// A fallback, outermost but for the metrics: it sees every failure and refusal
+    /// of the layers below, and why (e.g. a
+    /// [`FallbackLayer`](palisade_fallback::FallbackLayer)).
+    pub fn fallback<X: Clone>(self, layer: X) -> Builder<C, P, H, LayerSlot<X>, A, R, G, B, L, K, T, O> {
         Builder {
             name: self.name,
             classify: self.classify,
@@ -384,6 +401,57 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
             margin: self.margin,
             min_remaining: self.min_remaining,
             metrics: self.metrics,
+            fallback: LayerSlot(layer),
+            cache: self.cache,
+            retry: self.retry,
+            hedge: self.hedge,
+            breaker: self.breaker,
+            rate: self.rate,
+            concurrency: self.concurrency,
+            throttle: self.throttle,
+            timeout: self.timeout,
+        }
+    }
+
+    /// A cache (and/or request coalescing) above the retry: answers from it do not
+    /// touch the downstream, and a failed call can be answered stale (e.g. a
+    /// [`CacheLayer`](palisade_fallback::CacheLayer), or a
+    /// [`CoalesceLayer`](palisade_fallback::CoalesceLayer)).
+    pub fn cache<X: Clone>(self, layer: X) -> Builder<C, P, H, F, LayerSlot<X>, R, G, B, L, K, T, O> {
+        Builder {
+            name: self.name,
+            classify: self.classify,
+            protocol: self.protocol,
+            hop: self.hop,
+            total_timeout: self.total_timeout,
+            margin: self.margin,
+            min_remaining: self.min_remaining,
+            metrics: self.metrics,
+            fallback: self.fallback,
+            cache: LayerSlot(layer),
+            retry: self.retry,
+            hedge: self.hedge,
+            breaker: self.breaker,
+            rate: self.rate,
+            concurrency: self.concurrency,
+            throttle: self.throttle,
+            timeout: self.timeout,
+        }
+    }
+
+    /// Retries failed calls with these settings.
+    pub fn retry(self, config: RetryConfig) -> Builder<C, P, H, F, A, RetrySlot, G, B, L, K, T, O> {
+        Builder {
+            name: self.name,
+            classify: self.classify,
+            protocol: self.protocol,
+            hop: self.hop,
+            total_timeout: self.total_timeout,
+            margin: self.margin,
+            min_remaining: self.min_remaining,
+            metrics: self.metrics,
+            fallback: self.fallback,
+            cache: self.cache,
             retry: RetrySlot(config),
             hedge: self.hedge,
             breaker: self.breaker,
@@ -400,7 +468,7 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
         self,
         delay: HedgeDelay,
         max_hedges: u32,
-    ) -> Builder<C, P, H, R, HedgeSlot, B, L, K, T, O> {
+    ) -> Builder<C, P, H, F, A, R, HedgeSlot, B, L, K, T, O> {
         Builder {
             name: self.name,
             classify: self.classify,
@@ -410,6 +478,8 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
             margin: self.margin,
             min_remaining: self.min_remaining,
             metrics: self.metrics,
+            fallback: self.fallback,
+            cache: self.cache,
             retry: self.retry,
             hedge: HedgeSlot { delay, max_hedges },
             breaker: self.breaker,
@@ -421,7 +491,7 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
     }
 
     /// A circuit breaker with these settings.
-    pub fn breaker(self, config: BreakerConfig) -> Builder<C, P, H, R, G, BreakerSlot, L, K, T, O> {
+    pub fn breaker(self, config: BreakerConfig) -> Builder<C, P, H, F, A, R, G, BreakerSlot, L, K, T, O> {
         Builder {
             name: self.name,
             classify: self.classify,
@@ -431,6 +501,8 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
             margin: self.margin,
             min_remaining: self.min_remaining,
             metrics: self.metrics,
+            fallback: self.fallback,
+            cache: self.cache,
             retry: self.retry,
             hedge: self.hedge,
             breaker: BreakerSlot(config),
@@ -442,7 +514,7 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
     }
 
     /// A rate limit on calls to the downstream.
-    pub fn rate_limit(self, config: RateLimitConfig) -> Builder<C, P, H, R, G, B, RateSlot, K, T, O> {
+    pub fn rate_limit(self, config: RateLimitConfig) -> Builder<C, P, H, F, A, R, G, B, RateSlot, K, T, O> {
         Builder {
             name: self.name,
             classify: self.classify,
@@ -452,6 +524,8 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
             margin: self.margin,
             min_remaining: self.min_remaining,
             metrics: self.metrics,
+            fallback: self.fallback,
+            cache: self.cache,
             retry: self.retry,
             hedge: self.hedge,
             breaker: self.breaker,
@@ -463,7 +537,7 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
     }
 
     /// A bulkhead: at most so many calls at once (replaces an adaptive limit).
-    pub fn bulkhead(self, config: BulkheadConfig) -> Builder<C, P, H, R, G, B, L, BulkheadSlot, T, O> {
+    pub fn bulkhead(self, config: BulkheadConfig) -> Builder<C, P, H, F, A, R, G, B, L, BulkheadSlot, T, O> {
         Builder {
             name: self.name,
             classify: self.classify,
@@ -473,6 +547,8 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
             margin: self.margin,
             min_remaining: self.min_remaining,
             metrics: self.metrics,
+            fallback: self.fallback,
+            cache: self.cache,
             retry: self.retry,
             hedge: self.hedge,
             breaker: self.breaker,
@@ -487,7 +563,7 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
     pub fn adaptive_limit(
         self,
         config: AdaptiveLimitConfig,
-    ) -> Builder<C, P, H, R, G, B, L, AdaptiveSlot, T, O> {
+    ) -> Builder<C, P, H, F, A, R, G, B, L, AdaptiveSlot, T, O> {
         Builder {
             name: self.name,
             classify: self.classify,
@@ -497,6 +573,8 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
             margin: self.margin,
             min_remaining: self.min_remaining,
             metrics: self.metrics,
+            fallback: self.fallback,
+            cache: self.cache,
             retry: self.retry,
             hedge: self.hedge,
             breaker: self.breaker,
@@ -508,7 +586,7 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
     }
 
     /// Google SRE client-side throttling.
-    pub fn throttle(self, config: ThrottleConfig) -> Builder<C, P, H, R, G, B, L, K, ThrottleSlot, O> {
+    pub fn throttle(self, config: ThrottleConfig) -> Builder<C, P, H, F, A, R, G, B, L, K, ThrottleSlot, O> {
         Builder {
             name: self.name,
             classify: self.classify,
@@ -518,6 +596,8 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
             margin: self.margin,
             min_remaining: self.min_remaining,
             metrics: self.metrics,
+            fallback: self.fallback,
+            cache: self.cache,
             retry: self.retry,
             hedge: self.hedge,
             breaker: self.breaker,
@@ -529,7 +609,7 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
     }
 
     /// A timeout on each attempt.
-    pub fn timeout(self, timeout: Duration) -> Builder<C, P, H, R, G, B, L, K, T, TimeoutSlot> {
+    pub fn timeout(self, timeout: Duration) -> Builder<C, P, H, F, A, R, G, B, L, K, T, TimeoutSlot> {
         Builder {
             name: self.name,
             classify: self.classify,
@@ -539,6 +619,8 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
             margin: self.margin,
             min_remaining: self.min_remaining,
             metrics: self.metrics,
+            fallback: self.fallback,
+            cache: self.cache,
             retry: self.retry,
             hedge: self.hedge,
             breaker: self.breaker,
@@ -550,11 +632,13 @@ impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O> {
     }
 }
 
-impl<C, P, H, R, G, B, L, K, T, O> Builder<C, P, H, R, G, B, L, K, T, O>
+impl<C, P, H, F, A, R, G, B, L, K, T, O> Builder<C, P, H, F, A, R, G, B, L, K, T, O>
 where
     C: Clone,
     P: Clone,
     H: HopSpec,
+    F: Slot<C, P>,
+    A: Slot<C, P>,
     R: Slot<C, P>,
     G: Slot<C, P>,
     B: Slot<C, P>,
@@ -570,7 +654,18 @@ where
         self,
     ) -> Result<
         Downstream<
-            Layers<O::Layer, H::Layer, T::Layer, K::Layer, L::Layer, B::Layer, G::Layer, R::Layer>,
+            Layers<
+                O::Layer,
+                H::Layer,
+                T::Layer,
+                K::Layer,
+                L::Layer,
+                B::Layer,
+                G::Layer,
+                R::Layer,
+                A::Layer,
+                F::Layer,
+            >,
             C,
         >,
         ConfigError,
@@ -602,6 +697,8 @@ where
         let concurrency = self.concurrency.build(&mut cx)?;
         let throttle = self.throttle.build(&mut cx)?;
         let timeout = self.timeout.build(&mut cx)?;
+        let cache = self.cache.build(&mut cx)?;
+        let fallback = self.fallback.build(&mut cx)?;
         let hop = self.hop.build(name.as_str(), self.margin, self.min_remaining)?;
         let handle = cx.handle;
         let layers = Stack::new(
@@ -612,7 +709,13 @@ where
                     throttle,
                     Stack::new(
                         concurrency,
-                        Stack::new(rate, Stack::new(breaker, Stack::new(hedge, retry))),
+                        Stack::new(
+                            rate,
+                            Stack::new(
+                                breaker,
+                                Stack::new(hedge, Stack::new(retry, Stack::new(cache, fallback))),
+                            ),
+                        ),
                     ),
                 ),
             ),

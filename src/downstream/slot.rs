@@ -188,3 +188,15 @@ impl<C, P> Slot<C, P> for TimeoutSlot {
         TimeoutLayer::new(cx.name, self.0).map_err(|e| e.within("timeout"))
     }
 }
+
+/// A layer you built yourself (a fallback, a cache), placed in its slot.
+#[derive(Debug, Clone)]
+pub struct LayerSlot<X>(pub X);
+
+impl<C, P, X: Clone> Slot<C, P> for LayerSlot<X> {
+    type Layer = X;
+
+    fn build(self, _: &mut BuildContext<'_, C, P>) -> Result<X, ConfigError> {
+        Ok(self.0)
+    }
+}
