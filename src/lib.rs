@@ -48,6 +48,9 @@ pub use palisade_core::{
 #[cfg(feature = "http")]
 pub use palisade_core::{HttpClassifier, REJECTION_HEADER};
 
+pub mod config;
+pub use config::Config;
+
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 
