@@ -1,6 +1,7 @@
 //! Inbound (server-side) policies: keyed rate limit, load shedding, adaptive
 //! concurrency and the deadline taken from callers.
 
+use std::fmt;
 use std::time::Duration;
 
 use palisade_core::{ConfigError, Name};
@@ -8,13 +9,16 @@ use palisade_limit::adaptive::AdaptiveLimitConfig;
 use palisade_limit::rate::{RateLimitConfig, RateLimitLayer};
 use palisade_limit::shed::LoadShedLayer;
 use palisade_timeout::deadline::InboundDeadlineLayer;
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::check::quietly;
 
 /// Where a keyed rate limit takes a request's key from.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+///
+/// Written `"peer"` or `{ header = "x-api-key" }` (the same shape in TOML and YAML).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum KeySource {
     /// The caller's IP address: `key = "peer"`. The default.
     #[default]
@@ -22,6 +26,60 @@ pub enum KeySource {
     /// A request header, e.g. an API key: `key = { header = "x-api-key" }`.
     /// Requests without it share one key.
     Header(String),
+}
+
+impl Serialize for KeySource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            KeySource::Peer => s.serialize_str("peer"),
+            KeySource::Header(name) => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("header", name)?;
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeySource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = KeySource;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"peer\" or { header = \"<name>\" }")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<KeySource, E> {
+                match v {
+                    "peer" => Ok(KeySource::Peer),
+                    other => Err(E::custom(format!(
+                        "unknown key source `{other}`, expected \"peer\" or {{ header = \"<name>\" }}"
+                    ))),
+                }
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeySource, A::Error> {
+                let mut header = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "header" {
+                        return Err(de::Error::unknown_field(&key, &["header"]));
+                    }
+                    if header.is_some() {
+                        return Err(de::Error::duplicate_field("header"));
+                    }
+                    header = Some(map.next_value::<String>()?);
+                }
+                header
+                    .map(KeySource::Header)
+                    .ok_or_else(|| de::Error::missing_field("header"))
+            }
+        }
+
+        d.deserialize_any(KeyVisitor)
+    }
 }
 
 /// A rate limit per caller.
