@@ -240,6 +240,9 @@ pub(crate) fn read_file(path: &Path) -> Result<String, ConfigFileError> {
 /// An override's value, read as a YAML value (a number, `true`, `[a, b]`,
 /// `{ k: v }`, empty or `~` for "unset"), or as a plain string when it is not one.
 fn env_value(raw: &str) -> Value {
+    if check_flow_depth(raw, Path::new("")).is_err() {
+        return Value::String(raw.to_owned());
+    }
     match serde_yaml_ng::from_str::<Value>(raw) {
         Ok(v) => v,
         Err(_) => Value::String(raw.to_owned()),
@@ -375,6 +378,77 @@ fn yaml_message(e: &serde_yaml_ng::Error, field: &str) -> String {
     message
 }
 
+/// The deepest nesting of YAML flow collections (`[…]`, `{…}`) accepted. A config
+/// needs a handful; the YAML parser's time grows with the square of this depth, so
+/// a document nested thousands deep is refused before it is parsed.
+const MAX_FLOW_DEPTH: usize = 64;
+
+/// Refuses YAML whose flow collections nest deeper than [`MAX_FLOW_DEPTH`], in one
+/// pass over the text. Brackets in quoted strings, comments and plain words
+/// (`a[b`) do not count.
+fn check_flow_depth(text: &str, origin: &Path) -> Result<(), ConfigFileError> {
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    // The last character that was not a space, on this line (None at its start).
+    let mut last: Option<char> = None;
+    // The character just before, on this line.
+    let mut prev: Option<char> = None;
+    let (mut line, mut column) = (1usize, 0usize);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        column += 1;
+        if c == '\n' {
+            (line, column, last, prev) = (line + 1, 0, None, None);
+            continue;
+        }
+        if let Some(q) = quote {
+            if q == '"' && c == '\\' {
+                chars.next();
+                column += 1;
+            } else if c == q {
+                if q == '\'' && chars.peek() == Some(&'\'') {
+                    chars.next();
+                    column += 1;
+                } else {
+                    quote = None;
+                }
+            }
+            (last, prev) = (Some(c), Some(c));
+            continue;
+        }
+        let opens_value =
+            depth > 0 || matches!(last, None | Some(':' | ',' | '-' | '?' | '[' | '{'));
+        match c {
+            '#' if prev.is_none_or(char::is_whitespace) => {
+                // A comment: skip to the end of the line.
+                while chars.peek().is_some_and(|&n| n != '\n') {
+                    chars.next();
+                }
+                continue;
+            }
+            '"' | '\'' if opens_value || last.is_none() => quote = Some(c),
+            '[' | '{' if opens_value => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Err(ConfigFileError::Syntax {
+                        path: origin.to_owned(),
+                        line,
+                        column,
+                        message: format!("collections nested deeper than {MAX_FLOW_DEPTH} levels"),
+                    });
+                }
+            }
+            ']' | '}' if depth > 0 => depth -= 1,
+            _ => {}
+        }
+        if !c.is_whitespace() {
+            last = Some(c);
+        }
+        prev = Some(c);
+    }
+    Ok(())
+}
+
 fn yaml_location(e: &serde_yaml_ng::Error) -> Option<(usize, usize)> {
     e.location().map(|l| (l.line(), l.column()))
 }
@@ -415,6 +489,7 @@ fn from_text(text: &str, format: Format, origin: &Path) -> Result<Config, Config
             })
         }
         Format::Yaml => {
+            check_flow_depth(text, origin)?;
             // Syntax first, so a document that is not YAML is not reported as a
             // wrong setting.
             let tree: Value = serde_yaml_ng::from_str(text).map_err(|e| yaml_syntax(&e, origin))?;
@@ -436,7 +511,10 @@ fn from_text(text: &str, format: Format, origin: &Path) -> Result<Config, Config
 fn tree(text: &str, format: Format, origin: &Path) -> Result<Value, ConfigFileError> {
     match format {
         Format::Toml => toml::from_str::<Value>(text).map_err(|e| toml_syntax(&e, text, origin)),
-        Format::Yaml => serde_yaml_ng::from_str::<Value>(text).map_err(|e| yaml_syntax(&e, origin)),
+        Format::Yaml => {
+            check_flow_depth(text, origin)?;
+            serde_yaml_ng::from_str::<Value>(text).map_err(|e| yaml_syntax(&e, origin))
+        }
     }
 }
 
@@ -473,6 +551,24 @@ mod tests {
         assert_eq!(env_value(""), Value::Null);
         assert_eq!(env_value("[a:1, b:2]").as_sequence().map(Vec::len), Some(2));
         assert_eq!(env_value("{ unclosed"), Value::from("{ unclosed"));
+    }
+
+    #[test]
+    fn flow_depth_counts_only_real_collections() {
+        let ok = |t: &str| check_flow_depth(t, Path::new("t")).is_ok();
+        let deep = |n: usize| format!("a: {}", "[".repeat(n));
+        assert!(ok(&deep(64)));
+        assert!(!ok(&deep(65)));
+        let e = check_flow_depth(&format!("x: 1\n{}", deep(65)), Path::new("t")).unwrap_err();
+        assert_eq!(e.location(), Some((2, 68)));
+        // Brackets in words, quotes and comments are not collections.
+        let words = "a[b ".repeat(100);
+        assert!(ok(&format!("k: {words}")));
+        assert!(ok(&format!("k: '{}'", "[".repeat(100))));
+        assert!(ok(&format!("k: \"{}\"", "[\\\"".repeat(100))));
+        assert!(ok(&format!("k: 1 # {}", "[".repeat(100))));
+        // Closed collections do not add up.
+        assert!(ok(&format!("k: [{}]", "[1], ".repeat(1000))));
     }
 
     #[test]
