@@ -846,3 +846,99 @@ fn env_prefix_is_configurable() {
     assert!(!c.metrics.enabled);
     assert_eq!(c.metrics.listen, None);
 }
+
+// ---- what changed between two versions ------------------------------------------------
+
+#[test]
+fn diff_lists_changed_downstreams_sections_inbound_and_metrics() {
+    use palisade::config::{ChangeKind, Section, SectionChange};
+
+    let old = example();
+    assert!(old.diff(&old).is_empty());
+
+    let mut new = old.clone();
+    // customer: breaker retuned, bulkhead removed, hedge added.
+    let customer = new.downstreams.get_mut("customer").unwrap();
+    customer.breaker.as_mut().unwrap().failure_rate_threshold = 0.3;
+    customer.bulkhead = None;
+    customer.hedge = Some(Default::default());
+    // inventory gone, search new.
+    new.downstreams.remove("inventory");
+    new.downstreams.insert("search".into(), Default::default());
+    // inbound: shed retuned, deadline removed.
+    let inbound = new.inbound.as_mut().unwrap();
+    inbound.shed.as_mut().unwrap().max_in_flight = 50;
+    inbound.deadline = None;
+    new.metrics.enabled = false;
+
+    let diff = old.diff(&new);
+    assert!(!diff.is_empty());
+    assert_eq!(diff.added, ["search"]);
+    assert_eq!(diff.removed, ["inventory"]);
+    assert_eq!(diff.changed.len(), 1);
+    let change = |section, kind| SectionChange { section, kind };
+    assert_eq!(
+        diff.sections_of("customer"),
+        [
+            change(Section::Breaker, ChangeKind::Changed),
+            change(Section::Hedge, ChangeKind::Added),
+            change(Section::Bulkhead, ChangeKind::Removed),
+        ]
+    );
+    assert_eq!(
+        diff.sections_of("customer")
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["breaker changed", "hedge added", "bulkhead removed"]
+    );
+    assert!(diff.sections_of("catalog").is_empty());
+    assert_eq!(
+        diff.inbound,
+        [
+            change(Section::Shed, ChangeKind::Changed),
+            change(Section::Deadline, ChangeKind::Removed),
+        ]
+    );
+    assert!(diff.metrics);
+
+    // Inbound appearing shows as its sections being added.
+    let mut bare = old.clone();
+    bare.inbound = None;
+    let diff = bare.diff(&old);
+    assert_eq!(
+        diff.inbound
+            .iter()
+            .map(|c| (c.section, c.kind))
+            .collect::<Vec<_>>(),
+        [
+            (Section::RateLimit, ChangeKind::Added),
+            (Section::Shed, ChangeKind::Added),
+            (Section::Adaptive, ChangeKind::Added),
+            (Section::Deadline, ChangeKind::Added),
+        ]
+    );
+}
+
+#[test]
+fn formats_follow_the_extension() {
+    use std::path::Path;
+    assert_eq!(
+        Format::from_path(Path::new("a/palisade.toml")),
+        Some(Format::Toml)
+    );
+    assert_eq!(
+        Format::from_path(Path::new("palisade.TOML")),
+        Some(Format::Toml)
+    );
+    assert_eq!(
+        Format::from_path(Path::new("palisade.yaml")),
+        Some(Format::Yaml)
+    );
+    assert_eq!(
+        Format::from_path(Path::new("palisade.yml")),
+        Some(Format::Yaml)
+    );
+    assert_eq!(Format::from_path(Path::new("palisade.json")), None);
+    assert_eq!(Format::from_path(Path::new("palisade")), None);
+}
