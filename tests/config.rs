@@ -942,3 +942,41 @@ fn formats_follow_the_extension() {
     assert_eq!(Format::from_path(Path::new("palisade.json")), None);
     assert_eq!(Format::from_path(Path::new("palisade")), None);
 }
+
+#[test]
+fn key_sources_read_the_same_in_toml_and_yaml() {
+    let key = |text: &str, format| {
+        Config::parse(text, format).map(|c| c.inbound.unwrap().rate_limit.unwrap().key)
+    };
+    assert_eq!(
+        key("[inbound.rate_limit]\nkey = \"peer\"\n", Format::Toml).unwrap(),
+        KeySource::Peer
+    );
+    assert_eq!(
+        key("inbound:\n  rate_limit:\n    key: peer\n", Format::Yaml).unwrap(),
+        KeySource::Peer
+    );
+    assert_eq!(
+        key(
+            "inbound:\n  rate_limit:\n    key: { header: x-client }\n",
+            Format::Yaml
+        )
+        .unwrap(),
+        KeySource::Header("x-client".into())
+    );
+    assert_eq!(
+        key("[inbound.rate_limit]\nkey = \"route\"\n", Format::Toml)
+            .unwrap_err()
+            .to_string(),
+        "<inline>:2:7: inbound.rate_limit.key: unknown key source `route`, expected \"peer\" or { header = \"<name>\" }"
+    );
+    assert_eq!(
+        key(
+            "[inbound.rate_limit]\nkey = { cookie = \"id\" }\n",
+            Format::Toml
+        )
+        .unwrap_err()
+        .to_string(),
+        "<inline>:2:7: inbound.rate_limit.key.cookie: unknown field `cookie`, expected `header`"
+    );
+}
