@@ -50,11 +50,14 @@ pub use palisade_core::{
 #[cfg(feature = "http")]
 pub use palisade_core::{HttpClassifier, REJECTION_HEADER};
 
+pub mod config;
 pub mod downstream;
 #[cfg(feature = "http")]
 pub mod inbound;
 #[cfg(feature = "prometheus")]
 pub mod metrics;
+
+pub use config::Config;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 
