@@ -56,8 +56,8 @@ use tower::layer::util::{Identity, Stack};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::downstream::front::{CallOutcome, FrontMetrics};
 use crate::downstream::Off;
+use crate::downstream::front::{CallOutcome, FrontMetrics};
 
 /// The server-side policies, assembled in order as one [`tower::Layer`] for HTTP
 /// services; see the [module docs](self). `L` is the stack of configured layers
@@ -353,7 +353,9 @@ impl<F, A, D> InboundBuilder<KeyedRate<F>, A, D> {
 impl<R: RateSlot, A: AdmissionSlot, D: DeadlineSlot> InboundBuilder<R, A, D> {
     /// Validates every policy and builds the layer; errors name the policy and field.
     #[allow(clippy::type_complexity)]
-    pub fn build(self) -> Result<Inbound<InboundLayers<R::Layer, A::Layer, D::Layer>>, ConfigError> {
+    pub fn build(
+        self,
+    ) -> Result<Inbound<InboundLayers<R::Layer, A::Layer, D::Layer>>, ConfigError> {
         let name = Name::new(&self.name).map_err(|e| ConfigError::new("name", e.to_string()))?;
         let n = name.as_str();
         let rate = self.rate.build(n)?;

@@ -61,7 +61,7 @@ pub use config::Config;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 
-pub use downstream::{BoxDownstream, Downstream, DownstreamHandle};
+pub use downstream::{Applied, BoxDownstream, Downstream, DownstreamHandle};
 #[cfg(feature = "http")]
 pub use inbound::Inbound;
 

@@ -41,7 +41,10 @@ impl Service<&'static str> for Endpoint {
     type Error = std::io::Error;
     type Future = std::pin::Pin<Box<dyn Future<Output = Result<u32, std::io::Error>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -50,7 +53,11 @@ impl Service<&'static str> for Endpoint {
         let (delay, ok) = (self.behave)(n);
         Box::pin(async move {
             tokio::time::sleep(delay).await;
-            if ok { Ok(n) } else { Err(std::io::Error::other(format!("call {n} failed"))) }
+            if ok {
+                Ok(n)
+            } else {
+                Err(std::io::Error::other(format!("call {n} failed")))
+            }
         })
     }
 }
@@ -92,7 +99,11 @@ async fn retry_never_retries_an_open_circuit() {
     let err = svc.ready().await.unwrap().call("x").await.unwrap_err();
     assert_eq!(kind(&err), Some(RejectionKind::CircuitOpen));
     assert_eq!(endpoint.calls(), 0, "an open circuit sends nothing");
-    assert_eq!(start.elapsed(), Duration::ZERO, "and the retry did not back off and try again");
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "and the retry did not back off and try again"
+    );
 
     // Negative control: with the circuit closed, the same retry tries three times.
     stack.handle().breaker().unwrap().reset();
@@ -105,9 +116,16 @@ async fn retry_never_retries_an_open_circuit() {
 async fn retry_never_retries_when_the_budget_is_spent() {
     let endpoint = Endpoint::failing();
     // Each success (or deposit) earns one retry; there is no free floor.
-    let broke = BudgetConfig { deposit_ratio: 1.0, min_retries_per_sec: 0, max_balance: 10 };
+    let broke = BudgetConfig {
+        deposit_ratio: 1.0,
+        min_retries_per_sec: 0,
+        max_balance: 10,
+    };
     let stack = Downstream::builder("broke")
-        .retry(RetryConfig { budget: broke, ..retry3(Duration::from_millis(10)) })
+        .retry(RetryConfig {
+            budget: broke,
+            ..retry3(Duration::from_millis(10))
+        })
         .build()
         .unwrap();
     let mut svc = stack.layer(endpoint.clone());
@@ -128,12 +146,23 @@ async fn retry_never_retries_when_the_budget_is_spent() {
 async fn retries_and_hedges_spend_one_budget() {
     // First attempts take 1 s; a hedge goes out after 100 ms and answers at once.
     let endpoint = Endpoint::new(|n| {
-        if n % 2 == 0 { (Duration::from_secs(1), true) } else { (Duration::ZERO, true) }
+        if n % 2 == 0 {
+            (Duration::from_secs(1), true)
+        } else {
+            (Duration::ZERO, true)
+        }
     });
     // A success earns a tenth of a retry; there is no free floor.
-    let budget = BudgetConfig { deposit_ratio: 0.1, min_retries_per_sec: 0, max_balance: 10 };
+    let budget = BudgetConfig {
+        deposit_ratio: 0.1,
+        min_retries_per_sec: 0,
+        max_balance: 10,
+    };
     let stack = Downstream::builder("hedged")
-        .retry(RetryConfig { budget, ..retry3(Duration::from_millis(10)) })
+        .retry(RetryConfig {
+            budget,
+            ..retry3(Duration::from_millis(10))
+        })
         .hedge(HedgeDelay::Fixed(Duration::from_millis(100)), 1)
         .build()
         .unwrap();
@@ -141,18 +170,34 @@ async fn retries_and_hedges_spend_one_budget() {
     for _ in 0..10 {
         shared.deposit();
     }
-    assert!((shared.balance() - 1.0).abs() < 1e-6, "one token: {}", shared.balance());
+    assert!(
+        (shared.balance() - 1.0).abs() < 1e-6,
+        "one token: {}",
+        shared.balance()
+    );
     let mut svc = stack.layer(endpoint.clone());
 
     let start = Instant::now();
-    assert_eq!(svc.ready().await.unwrap().call("x").await.unwrap(), 1, "the hedge answered");
+    assert_eq!(
+        svc.ready().await.unwrap().call("x").await.unwrap(),
+        1,
+        "the hedge answered"
+    );
     assert_eq!(start.elapsed(), Duration::from_millis(100));
-    assert!(shared.balance() < 1.0, "the hedge spent the retry layer's token: {}", shared.balance());
+    assert!(
+        shared.balance() < 1.0,
+        "the hedge spent the retry layer's token: {}",
+        shared.balance()
+    );
 
     // With the shared budget spent, the next slow call gets no hedge.
     let start = Instant::now();
     assert_eq!(svc.ready().await.unwrap().call("x").await.unwrap(), 2);
-    assert_eq!(start.elapsed(), Duration::from_secs(1), "no hedge without budget");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(1),
+        "no hedge without budget"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -167,9 +212,16 @@ async fn retry_backoff_never_sleeps_past_the_deadline() {
     let mut svc = stack.layer(endpoint.clone());
     let start = Instant::now();
     let err = svc.ready().await.unwrap().call("x").await.unwrap_err();
-    assert!(start.elapsed() < Duration::from_secs(1), "gave up at once, not after a 5 s sleep");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "gave up at once, not after a 5 s sleep"
+    );
     assert_eq!(endpoint.calls(), 1);
-    assert_eq!(kind(&err), None, "the caller sees the endpoint's error: {err}");
+    assert_eq!(
+        kind(&err),
+        None,
+        "the caller sees the endpoint's error: {err}"
+    );
 
     // Negative control: without a deadline the same retry sleeps 5 s and tries again.
     let stack = Downstream::builder("no-deadline-backoff")
@@ -214,7 +266,13 @@ async fn a_call_that_cannot_finish_in_time_is_not_sent() {
 #[tokio::test(start_paused = true)]
 async fn a_timed_out_try_is_retried_and_the_total_timeout_ends_the_call() {
     // The first attempt hangs; the second answers.
-    let endpoint = Endpoint::new(|n| if n == 0 { (Duration::from_secs(3600), true) } else { (Duration::ZERO, true) });
+    let endpoint = Endpoint::new(|n| {
+        if n == 0 {
+            (Duration::from_secs(3600), true)
+        } else {
+            (Duration::ZERO, true)
+        }
+    });
     let stack = Downstream::builder("per-try")
         .total_timeout(Duration::from_secs(2))
         .retry(retry3(Duration::from_millis(50)))
@@ -243,9 +301,18 @@ async fn a_timed_out_try_is_retried_and_the_total_timeout_ends_the_call() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hung_attempt_gives_its_bulkhead_permit_back() {
-    let endpoint = Endpoint::new(|n| if n == 0 { (Duration::from_secs(3600), true) } else { (Duration::ZERO, true) });
+    let endpoint = Endpoint::new(|n| {
+        if n == 0 {
+            (Duration::from_secs(3600), true)
+        } else {
+            (Duration::ZERO, true)
+        }
+    });
     let stack = Downstream::builder("permits")
-        .bulkhead(BulkheadConfig { max_concurrent: 1, ..BulkheadConfig::default() })
+        .bulkhead(BulkheadConfig {
+            max_concurrent: 1,
+            ..BulkheadConfig::default()
+        })
         .timeout(Duration::from_millis(100))
         .build()
         .unwrap();
@@ -253,25 +320,47 @@ async fn a_hung_attempt_gives_its_bulkhead_permit_back() {
     let mut svc = stack.layer(endpoint.clone());
     let err = svc.ready().await.unwrap().call("x").await.unwrap_err();
     assert_eq!(kind(&err), Some(RejectionKind::Timeout));
-    assert_eq!(handle.bulkhead().unwrap().in_flight(), 0, "the permit came back");
+    assert_eq!(
+        handle.bulkhead().unwrap().in_flight(),
+        0,
+        "the permit came back"
+    );
     assert_eq!(svc.ready().await.unwrap().call("x").await.unwrap(), 1);
 }
 
 #[test]
 fn config_errors_name_the_policy_and_field() {
     let err = Downstream::builder("bad")
-        .breaker(BreakerConfig { failure_rate_threshold: 1.5, ..BreakerConfig::default() })
+        .breaker(BreakerConfig {
+            failure_rate_threshold: 1.5,
+            ..BreakerConfig::default()
+        })
         .build()
         .unwrap_err();
-    assert_eq!(err.to_string(), "breaker.failure_rate_threshold: 1.5 is not within 0..=1");
+    assert_eq!(
+        err.to_string(),
+        "breaker.failure_rate_threshold: 1.5 is not within 0..=1"
+    );
     let err = Downstream::builder("bad")
-        .retry(RetryConfig { max_attempts: 0, ..RetryConfig::default() })
+        .retry(RetryConfig {
+            max_attempts: 0,
+            ..RetryConfig::default()
+        })
         .build()
         .unwrap_err();
-    assert_eq!(err.to_string(), "retry.max_attempts: must be at least 1 (1 means no retries)");
-    let err = Downstream::builder("bad").timeout(Duration::ZERO).build().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "retry.max_attempts: must be at least 1 (1 means no retries)"
+    );
+    let err = Downstream::builder("bad")
+        .timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
     assert!(err.to_string().starts_with("timeout."), "{err}");
-    let err = Downstream::builder("bad").total_timeout(Duration::ZERO).build().unwrap_err();
+    let err = Downstream::builder("bad")
+        .total_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
     assert_eq!(err.to_string(), "total_timeout: must be more than zero");
     let err = Downstream::builder("bad name!").build().unwrap_err();
     assert!(err.to_string().starts_with("name:"), "{err}");
@@ -290,4 +379,113 @@ async fn the_boxed_stack_is_nameable_and_cloneable() {
     let mut b = svc;
     assert_eq!(a.ready().await.unwrap().call("x").await.unwrap(), 0);
     assert_eq!(b.ready().await.unwrap().call("x").await.unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fallback_sees_why_the_call_failed() {
+    use palisade::fallback::{FallbackCause, FallbackLayer};
+
+    let fallback = FallbackLayer::builder("why", |cause: &FallbackCause<'_>| match cause {
+        FallbackCause::Rejected(r) if r.kind() == RejectionKind::CircuitOpen => 1001,
+        FallbackCause::Rejected(_) => 1999,
+        FallbackCause::Failed { .. } => 2000,
+    })
+    .build()
+    .unwrap();
+    let endpoint = Endpoint::failing();
+    let stack = Downstream::builder("why")
+        .fallback(fallback)
+        .retry(retry3(Duration::from_millis(10)))
+        .breaker(BreakerConfig::default())
+        .build()
+        .unwrap();
+    let mut svc = stack.layer(endpoint.clone());
+
+    // The endpoint's own failure, after the retries.
+    stack.handle().retry_budget().unwrap().deposit();
+    assert_eq!(svc.ready().await.unwrap().call("x").await.unwrap(), 2000);
+    assert!(endpoint.calls() >= 2, "retried before falling back");
+
+    // The breaker's refusal, told apart from a failure.
+    stack.handle().breaker().unwrap().force_open();
+    let before = endpoint.calls();
+    let answer = svc.ready().await.unwrap().call("x").await.unwrap();
+    assert_eq!(answer, 1001);
+    assert_eq!(endpoint.calls(), before, "nothing sent while open");
+
+    // Negative control: without the fallback the caller gets the rejection.
+    let bare = Downstream::builder("why-bare")
+        .breaker(BreakerConfig::default())
+        .build()
+        .unwrap();
+    bare.handle().breaker().unwrap().force_open();
+    let err = bare
+        .layer(endpoint.clone())
+        .ready()
+        .await
+        .unwrap()
+        .call("x")
+        .await
+        .unwrap_err();
+    assert_eq!(kind(&err), Some(RejectionKind::CircuitOpen));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_config_change_retunes_in_place_and_an_open_breaker_stays_open() {
+    use palisade::config::{DownstreamConfig, Section};
+
+    let old: DownstreamConfig = toml::from_str(
+        r#"
+        breaker = { failure_rate_threshold = 0.5 }
+        retry = { max_attempts = 3 }
+        rate_limit = { rate = 100 }
+        "#,
+    )
+    .unwrap();
+    let stack = Downstream::builder("reload")
+        .retry(old.retry.clone().unwrap())
+        .breaker(old.breaker.clone().unwrap())
+        .rate_limit(old.rate_limit.unwrap())
+        .build()
+        .unwrap();
+    let handle = stack.handle();
+    handle.breaker().unwrap().force_open();
+
+    let new: DownstreamConfig = toml::from_str(
+        r#"
+        breaker = { failure_rate_threshold = 0.3 }
+        retry = { max_attempts = 5 }
+        rate_limit = { rate = 7 }
+        "#,
+    )
+    .unwrap();
+    let applied = handle.apply(&old, &new).unwrap();
+    assert_eq!(applied.retuned, vec![Section::Breaker, Section::RateLimit]);
+    assert_eq!(
+        applied.needs_rebuild.len(),
+        1,
+        "{:?}",
+        applied.needs_rebuild
+    );
+    assert_eq!(applied.needs_rebuild[0].section, Section::Retry);
+    assert_eq!(
+        handle.breaker().unwrap().config().failure_rate_threshold,
+        0.3
+    );
+    assert_eq!(
+        handle.breaker().unwrap().state(),
+        palisade::breaker::State::ForcedOpen
+    );
+    assert_eq!(handle.rate_limit().unwrap().config().rate, 7);
+
+    // An invalid change applies nothing.
+    let bad: DownstreamConfig =
+        toml::from_str("breaker = { failure_rate_threshold = 2.0 }\nrate_limit = { rate = 9 }")
+            .unwrap();
+    let err = handle.apply(&new, &bad).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "breaker.failure_rate_threshold: 2 is not within 0..=1"
+    );
+    assert_eq!(handle.rate_limit().unwrap().config().rate, 7);
 }

@@ -27,7 +27,9 @@ async fn handler(req: Req) -> Result<Res, std::io::Error> {
             Ok(http::Response::new("slow".into()))
         }
         "/deadline" => {
-            let left = Deadline::current().map(|d| d.remaining().as_millis()).unwrap_or(0);
+            let left = Deadline::current()
+                .map(|d| d.remaining().as_millis())
+                .unwrap_or(0);
             Ok(http::Response::new(left.to_string()))
         }
         _ => Ok(http::Response::new("ok".into())),
@@ -38,26 +40,59 @@ async fn handler(req: Req) -> Result<Res, std::io::Error> {
 async fn rate_limited_per_key_with_retry_after() {
     let inbound = Inbound::builder("api")
         .rate_limit_by(
-            RateLimitConfig { rate: 2, per: Duration::from_secs(1), burst: Some(2), max_wait: None },
+            RateLimitConfig {
+                rate: 2,
+                per: Duration::from_secs(1),
+                burst: Some(2),
+                max_wait: None,
+            },
             |req: &Req| req.headers().get("x-api-key").cloned(),
         )
         .build()
         .unwrap();
     let mut svc = inbound.layer(tower::service_fn(handler));
     for _ in 0..2 {
-        let res = svc.ready().await.unwrap().call(request("alice")).await.unwrap();
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request("alice"))
+            .await
+            .unwrap();
         assert_eq!(res.status(), 200);
     }
-    let res = svc.ready().await.unwrap().call(request("alice")).await.unwrap();
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(request("alice"))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 429);
     assert_eq!(res.headers()["x-palisade-rejection"], "rate_limited");
-    assert!(res.headers().contains_key(http::header::RETRY_AFTER), "{:?}", res.headers());
+    assert!(
+        res.headers().contains_key(http::header::RETRY_AFTER),
+        "{:?}",
+        res.headers()
+    );
     // Another key has its own allowance (negative control for the key function).
-    let res = svc.ready().await.unwrap().call(request("bob")).await.unwrap();
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(request("bob"))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     // And alice is served again once her allowance refills.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let res = svc.ready().await.unwrap().call(request("alice")).await.unwrap();
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(request("alice"))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
 }
 
@@ -71,14 +106,24 @@ async fn over_the_in_flight_limit_is_shed_at_once() {
     let slow = || {
         let mut svc = svc.clone();
         tokio::spawn(async move {
-            let req = http::Request::builder().uri("/slow").body(String::new()).unwrap();
+            let req = http::Request::builder()
+                .uri("/slow")
+                .body(String::new())
+                .unwrap();
             svc.ready().await.unwrap().call(req).await.unwrap()
         })
     };
     let (a, b) = (slow(), slow());
     tokio::task::yield_now().await;
     let start = tokio::time::Instant::now();
-    let res = svc.clone().ready().await.unwrap().call(request("x")).await.unwrap();
+    let res = svc
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .call(request("x"))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["x-palisade-rejection"], "shed");
     assert!(res.headers().contains_key(http::header::RETRY_AFTER));
@@ -86,15 +131,28 @@ async fn over_the_in_flight_limit_is_shed_at_once() {
     assert_eq!(a.await.unwrap().status(), 200);
     assert_eq!(b.await.unwrap().status(), 200);
     // With the slow requests done there is room again.
-    let res = svc.clone().ready().await.unwrap().call(request("x")).await.unwrap();
+    let res = svc
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .call(request("x"))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
 }
 
 #[tokio::test(start_paused = true)]
 async fn handler_errors_become_500_and_deadlines_reach_the_handler() {
-    let inbound = Inbound::builder("api").deadline(Duration::from_secs(5)).build().unwrap();
+    let inbound = Inbound::builder("api")
+        .deadline(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let mut svc = inbound.layer(tower::service_fn(handler));
-    let req = http::Request::builder().uri("/boom").body(String::new()).unwrap();
+    let req = http::Request::builder()
+        .uri("/boom")
+        .body(String::new())
+        .unwrap();
     let res = svc.ready().await.unwrap().call(req).await.unwrap();
     assert_eq!(res.status(), 500);
     assert!(!res.headers().contains_key("x-palisade-rejection"));
@@ -120,12 +178,18 @@ async fn handler_errors_become_500_and_deadlines_reach_the_handler() {
 fn config_errors_name_the_policy_and_field() {
     let err = Inbound::builder("api")
         .rate_limit_by(
-            RateLimitConfig { rate: 0, ..RateLimitConfig::default() },
+            RateLimitConfig {
+                rate: 0,
+                ..RateLimitConfig::default()
+            },
             |req: &Req| req.uri().path().to_owned(),
         )
         .build()
         .unwrap_err();
     assert_eq!(err.to_string(), "rate_limit.rate: must be at least 1");
-    let err = Inbound::builder("api").max_in_flight(0, Duration::from_millis(5)).build().unwrap_err();
+    let err = Inbound::builder("api")
+        .max_in_flight(0, Duration::from_millis(5))
+        .build()
+        .unwrap_err();
     assert_eq!(err.to_string(), "shed.max_in_flight: must be at least 1");
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use metrics::{Histogram, Key, Label, Metadata, Unit};
 use palisade_core::observe::{CounterSet, LabelValue, MetricScope, metric_name};
-use palisade_core::{Classify, Deadline, DeadlineScope, Error, Name, Outcome, Rejection, RejectionKind};
+use palisade_core::{
+    Classify, Deadline, DeadlineScope, Error, Name, Outcome, Rejection, RejectionKind,
+};
 use pin_project::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;

@@ -184,9 +184,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             RefuseProj::Sent(f) => f.poll(cx).map_err(Error::from_service),
-            RefuseProj::Refused(r) => Poll::Ready(Err(Error::Rejected(r.take().unwrap_or(
-                Rejection::new(RejectionKind::DeadlineExceeded),
-            )))),
+            RefuseProj::Refused(r) => Poll::Ready(Err(Error::Rejected(
+                r.take()
+                    .unwrap_or(Rejection::new(RejectionKind::DeadlineExceeded)),
+            ))),
         }
     }
 }

@@ -77,10 +77,9 @@ pub use front::{Front, FrontFuture};
 pub use hop::HttpDeadline;
 pub use hop::{HopSpec, RefuseLate, RefuseLateFuture, RefuseLateLayer, RefuseLateService};
 pub use slot::{
-    AdaptiveSlot, BreakerSlot, BuildContext, BulkheadSlot, HedgeSlot, LayerSlot, Off, RateSlot, RetrySlot,
-    Slot, ThrottleSlot, TimeoutSlot,
+    AdaptiveSlot, BreakerSlot, BuildContext, BulkheadSlot, HedgeSlot, LayerSlot, Off, RateSlot,
+    RetrySlot, Slot, ThrottleSlot, TimeoutSlot,
 };
-
 
 use front::{FrontMetrics, FrontShared};
 
@@ -391,7 +390,10 @@ impl<C, P, H, F, A, R, G, B, L, K, T, O> Builder<C, P, H, F, A, R, G, B, L, K, T
     /// A fallback, outermost but for the metrics: it sees every failure and refusal
     /// of the layers below, and why (e.g. a
     /// [`FallbackLayer`](palisade_fallback::FallbackLayer)).
-    pub fn fallback<X: Clone>(self, layer: X) -> Builder<C, P, H, LayerSlot<X>, A, R, G, B, L, K, T, O> {
+    pub fn fallback<X: Clone>(
+        self,
+        layer: X,
+    ) -> Builder<C, P, H, LayerSlot<X>, A, R, G, B, L, K, T, O> {
         Builder {
             name: self.name,
             classify: self.classify,
@@ -417,7 +419,10 @@ impl<C, P, H, F, A, R, G, B, L, K, T, O> Builder<C, P, H, F, A, R, G, B, L, K, T
     /// touch the downstream, and a failed call can be answered stale (e.g. a
     /// [`CacheLayer`](palisade_fallback::CacheLayer), or a
     /// [`CoalesceLayer`](palisade_fallback::CoalesceLayer)).
-    pub fn cache<X: Clone>(self, layer: X) -> Builder<C, P, H, F, LayerSlot<X>, R, G, B, L, K, T, O> {
+    pub fn cache<X: Clone>(
+        self,
+        layer: X,
+    ) -> Builder<C, P, H, F, LayerSlot<X>, R, G, B, L, K, T, O> {
         Builder {
             name: self.name,
             classify: self.classify,
@@ -491,7 +496,10 @@ impl<C, P, H, F, A, R, G, B, L, K, T, O> Builder<C, P, H, F, A, R, G, B, L, K, T
     }
 
     /// A circuit breaker with these settings.
-    pub fn breaker(self, config: BreakerConfig) -> Builder<C, P, H, F, A, R, G, BreakerSlot, L, K, T, O> {
+    pub fn breaker(
+        self,
+        config: BreakerConfig,
+    ) -> Builder<C, P, H, F, A, R, G, BreakerSlot, L, K, T, O> {
         Builder {
             name: self.name,
             classify: self.classify,
@@ -514,7 +522,10 @@ impl<C, P, H, F, A, R, G, B, L, K, T, O> Builder<C, P, H, F, A, R, G, B, L, K, T
     }
 
     /// A rate limit on calls to the downstream.
-    pub fn rate_limit(self, config: RateLimitConfig) -> Builder<C, P, H, F, A, R, G, B, RateSlot, K, T, O> {
+    pub fn rate_limit(
+        self,
+        config: RateLimitConfig,
+    ) -> Builder<C, P, H, F, A, R, G, B, RateSlot, K, T, O> {
         Builder {
             name: self.name,
             classify: self.classify,
@@ -537,7 +548,10 @@ impl<C, P, H, F, A, R, G, B, L, K, T, O> Builder<C, P, H, F, A, R, G, B, L, K, T
     }
 
     /// A bulkhead: at most so many calls at once (replaces an adaptive limit).
-    pub fn bulkhead(self, config: BulkheadConfig) -> Builder<C, P, H, F, A, R, G, B, L, BulkheadSlot, T, O> {
+    pub fn bulkhead(
+        self,
+        config: BulkheadConfig,
+    ) -> Builder<C, P, H, F, A, R, G, B, L, BulkheadSlot, T, O> {
         Builder {
             name: self.name,
             classify: self.classify,
@@ -586,7 +600,10 @@ impl<C, P, H, F, A, R, G, B, L, K, T, O> Builder<C, P, H, F, A, R, G, B, L, K, T
     }
 
     /// Google SRE client-side throttling.
-    pub fn throttle(self, config: ThrottleConfig) -> Builder<C, P, H, F, A, R, G, B, L, K, ThrottleSlot, O> {
+    pub fn throttle(
+        self,
+        config: ThrottleConfig,
+    ) -> Builder<C, P, H, F, A, R, G, B, L, K, ThrottleSlot, O> {
         Builder {
             name: self.name,
             classify: self.classify,
@@ -609,7 +626,10 @@ impl<C, P, H, F, A, R, G, B, L, K, T, O> Builder<C, P, H, F, A, R, G, B, L, K, T
     }
 
     /// A timeout on each attempt.
-    pub fn timeout(self, timeout: Duration) -> Builder<C, P, H, F, A, R, G, B, L, K, T, TimeoutSlot> {
+    pub fn timeout(
+        self,
+        timeout: Duration,
+    ) -> Builder<C, P, H, F, A, R, G, B, L, K, T, TimeoutSlot> {
         Builder {
             name: self.name,
             classify: self.classify,
@@ -699,7 +719,9 @@ where
         let timeout = self.timeout.build(&mut cx)?;
         let cache = self.cache.build(&mut cx)?;
         let fallback = self.fallback.build(&mut cx)?;
-        let hop = self.hop.build(name.as_str(), self.margin, self.min_remaining)?;
+        let hop = self
+            .hop
+            .build(name.as_str(), self.margin, self.min_remaining)?;
         let handle = cx.handle;
         let layers = Stack::new(
             timeout,
@@ -731,5 +753,85 @@ where
             layers,
             handle,
         })
+    }
+}
+
+/// What [`DownstreamHandle::apply`] did with a configuration change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Sections retuned in place, their layers' state kept (a breaker that is open
+    /// stays open).
+    pub retuned: Vec<crate::config::Section>,
+    /// Sections that changed but cannot be changed in a running stack (a policy
+    /// added or removed, or one without runtime settings): build a new stack for them.
+    pub needs_rebuild: Vec<crate::config::SectionChange>,
+}
+
+impl DownstreamHandle {
+    /// Applies a configuration change from `old` to `new` to the running stack:
+    /// breaker and rate limit settings, and a bulkhead's `max_concurrent`, are
+    /// retuned in place, keeping their state; every other change is reported in [`Applied::needs_rebuild`]. Nothing
+    /// is applied unless every retune is valid.
+    pub fn apply(
+        &self,
+        old: &crate::config::DownstreamConfig,
+        new: &crate::config::DownstreamConfig,
+    ) -> Result<Applied, ConfigError> {
+        use crate::config::{ChangeKind, Section};
+        new.validate()?;
+        let mut applied = Applied::default();
+        let mut plan: Vec<Box<dyn FnOnce() -> Result<(), ConfigError> + '_>> = Vec::new();
+        for change in old.diff(new) {
+            let live = change.kind == ChangeKind::Changed;
+            match (change.section, live) {
+                (Section::Breaker, true) if self.breaker.is_some() => {
+                    let (h, c) = (self.breaker.as_ref(), new.breaker.clone());
+                    if let (Some(h), Some(c)) = (h, c) {
+                        plan.push(Box::new(move || {
+                            h.reconfigure(c).map_err(|e| e.within("breaker"))
+                        }));
+                        applied.retuned.push(Section::Breaker);
+                    }
+                }
+                (Section::RateLimit, true) if self.rate.is_some() => {
+                    if let (Some(h), Some(c)) = (self.rate.as_deref(), new.rate_limit) {
+                        plan.push(Box::new(move || {
+                            h.set_config(c).map_err(|e| e.within("rate_limit"))
+                        }));
+                        applied.retuned.push(Section::RateLimit);
+                    }
+                }
+                (Section::Bulkhead, true)
+                    if self.bulkhead.is_some() && only_max_concurrent_changed(old, new) =>
+                {
+                    if let (Some(h), Some(c)) = (self.bulkhead.as_ref(), new.bulkhead.as_ref()) {
+                        let max = c.max_concurrent;
+                        plan.push(Box::new(move || {
+                            h.set_max_concurrent(max).map_err(|e| e.within("bulkhead"))
+                        }));
+                        applied.retuned.push(Section::Bulkhead);
+                    }
+                }
+                _ => applied.needs_rebuild.push(change),
+            }
+        }
+        for step in plan {
+            step()?;
+        }
+        Ok(applied)
+    }
+}
+
+fn only_max_concurrent_changed(
+    old: &crate::config::DownstreamConfig,
+    new: &crate::config::DownstreamConfig,
+) -> bool {
+    match (&old.bulkhead, &new.bulkhead) {
+        (Some(o), Some(n)) => {
+            let mut o = o.clone();
+            o.max_concurrent = n.max_concurrent;
+            &o == n
+        }
+        _ => false,
     }
 }
