@@ -98,7 +98,12 @@ fn stacks(c: &mut Criterion) {
         .sample_size(30);
     single(&mut group, &single_rt, "raw", &inner());
     single(&mut group, &single_rt, "palisade", &palisade);
-    single(&mut group, &single_rt, "tower_resilience", &tower_resilience);
+    single(
+        &mut group,
+        &single_rt,
+        "tower_resilience",
+        &tower_resilience,
+    );
     group.finish();
 
     let mut group = c.benchmark_group("downstream_contended");
@@ -108,7 +113,12 @@ fn stacks(c: &mut Criterion) {
         .sample_size(30);
     contended(&mut group, &contended_rt, "raw", &inner());
     contended(&mut group, &contended_rt, "palisade", &palisade);
-    contended(&mut group, &contended_rt, "tower_resilience", &tower_resilience);
+    contended(
+        &mut group,
+        &contended_rt,
+        "tower_resilience",
+        &tower_resilience,
+    );
     group.finish();
 }
 

@@ -390,6 +390,7 @@ impl<C, P, H, F, A, R, G, B, L, K, T, O> Builder<C, P, H, F, A, R, G, B, L, K, T
     /// A fallback, outermost but for the metrics: it sees every failure and refusal
     /// of the layers below, and why (e.g. a
     /// [`FallbackLayer`](palisade_fallback::FallbackLayer)).
+    #[allow(clippy::type_complexity)]
     pub fn fallback<X: Clone>(
         self,
         layer: X,
@@ -419,6 +420,7 @@ impl<C, P, H, F, A, R, G, B, L, K, T, O> Builder<C, P, H, F, A, R, G, B, L, K, T
     /// touch the downstream, and a failed call can be answered stale (e.g. a
     /// [`CacheLayer`](palisade_fallback::CacheLayer), or a
     /// [`CoalesceLayer`](palisade_fallback::CoalesceLayer)).
+    #[allow(clippy::type_complexity)]
     pub fn cache<X: Clone>(
         self,
         layer: X,
