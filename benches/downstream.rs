@@ -60,6 +60,7 @@ fn stacks(c: &mut Criterion) {
                     .max_attempts(3)
                     .build(),
             )
+            .map_err(to_io)
             .layer(
                 tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
                     .sliding_window_size(100)
@@ -69,6 +70,7 @@ fn stacks(c: &mut Criterion) {
                     .build()
                     .expect("valid tower-resilience breaker"),
             )
+            .map_err(to_io)
             .layer(
                 tower_resilience_ratelimiter::RateLimiterLayer::builder()
                     .limit_for_period(HUGE as usize)
@@ -77,12 +79,14 @@ fn stacks(c: &mut Criterion) {
                     .build()
                     .expect("valid tower-resilience rate limiter"),
             )
+            .map_err(to_io)
             .layer(
                 tower_resilience_bulkhead::BulkheadLayer::builder()
                     .max_concurrent_calls(1_000)
                     .build()
                     .expect("valid tower-resilience bulkhead"),
             )
+            .map_err(to_io)
             .layer(
                 tower_resilience_timelimiter::TimeLimiterLayer::builder()
                     .timeout_duration(TIMEOUT)
@@ -120,6 +124,12 @@ fn stacks(c: &mut Criterion) {
         &tower_resilience,
     );
     group.finish();
+}
+
+/// tower-resilience's layers each wrap the inner error in their own type; a user
+/// stacking them maps each back (this runs only on errors, which the bench has none).
+fn to_io<E: std::fmt::Display>(e: E) -> std::io::Error {
+    std::io::Error::other(e.to_string())
 }
 
 /// Runs this file's benchmarks: what `criterion_group!(benches, stacks)` would
