@@ -219,6 +219,32 @@ async fn bad_settings_name_the_field() {
         .build_keyed(|x: &u32| *x, 0, Duration::from_secs(1))
         .unwrap_err();
     assert_eq!(e.field(), "keys.capacity");
+    let e = RateLimitLayer::builder("t")
+        .build_keyed(|x: &u32| *x, 10, Duration::ZERO)
+        .unwrap_err();
+    assert_eq!(e.field(), "keys.idle_timeout");
+    let e = RateLimitLayer::builder("t")
+        .rate(0, Duration::from_secs(1))
+        .build_keyed(|x: &u32| *x, 10, Duration::from_secs(1))
+        .unwrap_err();
+    assert_eq!(e.to_string(), "rate: must be at least 1");
+    let e = RateLimitLayer::builder("t")
+        .rate(10, Duration::from_nanos(1))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "rate: 10 per 1ns is too fast (under a nanosecond apart)"
+    );
+    let e = RateLimitLayer::builder("bad name").build().unwrap_err();
+    assert_eq!(e.field(), "name");
+    // From a file: the same checks.
+    let zero: RateLimitConfig = toml::from_str("rate = 0").unwrap();
+    let e = RateLimitLayer::builder("t")
+        .config(zero)
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field(), "rate");
     let e = toml::from_str::<RateLimitConfig>("rate = 5\nburts = 2").unwrap_err();
     assert!(e.to_string().contains("unknown field `burts`"), "{e}");
 }
