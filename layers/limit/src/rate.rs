@@ -33,9 +33,10 @@
 //! # }
 //! ```
 
+use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::future::Future;
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -361,7 +362,12 @@ impl Builder {
         idle_timeout: Duration,
     ) -> Result<KeyedRateLimitLayer<F>, ConfigError> {
         let name = self.parts()?;
-        let registry = KeyedRegistry::new(capacity, idle_timeout).map_err(|e| {
+        let registry = KeyedRegistry::with_hasher(
+            capacity,
+            idle_timeout,
+            BuildHasherDefault::<PreHashed>::default(),
+        )
+        .map_err(|e| {
             let field = match e {
                 palisade_core::keyed::RegistryError::ZeroCapacity => "keys.capacity",
                 palisade_core::keyed::RegistryError::ZeroIdleTimeout => "keys.idle_timeout",
@@ -538,11 +544,34 @@ where
     }
 }
 
+/// The registry's hasher: its keys are already 64-bit hashes of the request keys
+/// (SipHash with a random seed, as request keys may come from anyone), so they are
+/// used as they are rather than hashed twice more (for the shard and the slot).
+#[derive(Debug, Default, Clone, Copy)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys reach this hasher; mix anything else anyway.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 struct Keyed {
     shared: Shared,
     /// Keys are 64-bit hashes with a per-process random seed; each entry carries
     /// the quota generation it was made under.
-    registry: KeyedRegistry<u64, (u64, Arc<Limiter>)>,
+    registry: KeyedRegistry<u64, (u64, Arc<Limiter>), BuildHasherDefault<PreHashed>>,
     generation: AtomicU64,
     hasher: RandomState,
 }
@@ -552,11 +581,17 @@ impl Keyed {
         let hash = self.hasher.hash_one(key);
         let generation = self.generation.load(Ordering::Acquire);
         let before = self.registry.evictions();
+        // Whether this call added a key: only then can the count of keys change
+        // (by the key, and by the keys evicted to make room for it). A known key,
+        // the steady state, leaves the gauge alone: counting keys takes every
+        // shard's lock.
+        let made = Cell::new(false);
         let make = || {
+            made.set(true);
             let config = self.shared.config.load();
             (generation, Arc::new(self.shared.limiter(&config)))
         };
-        let (made_in, limiter) = self.registry.get_or_insert_with(hash, make);
+        let (made_in, limiter) = self.registry.get_or_insert_with(hash, &make);
         let limiter = if made_in == generation {
             limiter
         } else {
@@ -565,7 +600,9 @@ impl Keyed {
             self.registry.insert(hash, fresh.clone());
             fresh.1
         };
-        if let Some((keys, evictions)) = &self.shared.metrics.keys {
+        if made.get()
+            && let Some((keys, evictions)) = &self.shared.metrics.keys
+        {
             let evicted = self.registry.evictions() - before;
             if evicted > 0 {
                 evictions.increment(evicted);
