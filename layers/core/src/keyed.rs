@@ -156,24 +156,50 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Clone> KeyedRegistry<K, V,
 
     /// The value for `key`, creating it with `make` if absent. Marks the key used.
     pub fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
-        let now = self.clock.now_nanos();
+        self.get_or_insert_with_at(key, tokio::time::Instant::now(), make)
+    }
+
+    /// [`get_or_insert_with`](Self::get_or_insert_with) for a caller that has
+    /// just read the time: marks the key used at `now`, saving a clock read.
+    pub fn get_or_insert_with_at(
+        &self,
+        key: K,
+        now: tokio::time::Instant,
+        make: impl FnOnce() -> V,
+    ) -> V {
+        self.with_or_insert_at(key, now, make, V::clone)
+    }
+
+    /// Calls `f` on the value for `key` (created with `make` if absent) under the
+    /// shard's lock, and marks the key used at `now`: a caller that only needs to
+    /// look at the value saves cloning it. Keep `f` short; it must not use the
+    /// registry.
+    pub fn with_or_insert_at<R>(
+        &self,
+        key: K,
+        now: tokio::time::Instant,
+        make: impl FnOnce() -> V,
+        f: impl FnOnce(&V) -> R,
+    ) -> R {
+        let now = self.clock.nanos_at(now);
         let mut shard = self.lock(self.shard(&key));
         if let Some(entry) = shard.map.get_mut(&key) {
             entry.last_used = now;
-            return entry.value.clone();
+            return f(&entry.value);
         }
         if shard.map.len() >= self.shard_capacity {
             self.make_room(&mut shard, now);
         }
         let value = make();
+        let out = f(&value);
         shard.map.insert(
             key,
             Entry {
-                value: value.clone(),
+                value,
                 last_used: now,
             },
         );
-        value
+        out
     }
 
     /// Puts `value` under `key`, replacing any value there (and marking it used).
