@@ -1,5 +1,5 @@
-//! The direct rate limiter, the bulkhead and the adaptive limiter allocate nothing
-//! per call in steady state: counted with a counting global allocator, with no
+//! The rate limiters (direct, and keyed once its keys are known), the bulkhead and
+//! the adaptive limiter allocate nothing per call in steady state: counted with a counting global allocator, with no
 //! metrics recorder and with a debugging recorder installed.
 
 use std::alloc::System;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use palisade_limit::adaptive::{AdaptiveLimitLayer, Aimd, Gradient2};
 use palisade_limit::bulkhead::BulkheadLayer;
-use palisade_limit::rate::RateLimitLayer;
+use palisade_limit::rate::{KeyedRateLimitLayer, RateLimitLayer};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tower::{Layer, Service, ServiceExt};
 
@@ -51,6 +51,18 @@ fn rate_limiter() -> RateLimitLayer {
         .unwrap()
 }
 
+/// Keyed by the request modulo 100: after the warm-up, every key is known.
+fn keyed_rate_limiter() -> KeyedRateLimitLayer<fn(&u64) -> u64> {
+    RateLimitLayer::builder("alloc_keyed")
+        .rate(1_000_000_000, Duration::from_secs(1))
+        .build_keyed(
+            (|x: &u64| *x % 100) as fn(&u64) -> u64,
+            1_000,
+            Duration::from_secs(600),
+        )
+        .unwrap()
+}
+
 fn bulkhead() -> BulkheadLayer {
     BulkheadLayer::builder("alloc_bulkhead")
         .max_concurrent(10)
@@ -82,6 +94,11 @@ fn steady_state_calls_allocate_nothing() {
         allocations_per_call(rate_limiter),
         0.0,
         "direct rate limiter"
+    );
+    assert_eq!(
+        allocations_per_call(keyed_rate_limiter),
+        0.0,
+        "keyed rate limiter, known keys"
     );
     assert_eq!(allocations_per_call(bulkhead), 0.0, "bulkhead");
     assert_eq!(allocations_per_call(gradient2), 0.0, "adaptive, Gradient2");
