@@ -33,22 +33,26 @@ struct Entry<V> {
     last_used: u64,
 }
 
-struct Shard<K, V> {
-    map: HashMap<K, Entry<V>>,
+struct Shard<K, V, S> {
+    map: HashMap<K, Entry<V>, S>,
 }
 
 /// A size-bounded map from keys to shared state with idle eviction; see the
 /// [module docs](self).
-pub struct KeyedRegistry<K, V> {
-    shards: Box<[Mutex<Shard<K, V>>]>,
+///
+/// Keys are hashed with `S` (std's `RandomState` by default) to pick a shard and
+/// a slot; a caller whose keys are already well-mixed hashes (a `u64` from a
+/// seeded hasher) can pass a cheaper one with [`with_hasher`](Self::with_hasher).
+pub struct KeyedRegistry<K, V, S = RandomState> {
+    shards: Box<[Mutex<Shard<K, V, S>>]>,
     shard_capacity: usize,
     idle_nanos: u64,
     clock: Clock,
-    hasher: RandomState,
+    hasher: S,
     evictions: AtomicU64,
 }
 
-impl<K, V> std::fmt::Debug for KeyedRegistry<K, V> {
+impl<K, V, S> std::fmt::Debug for KeyedRegistry<K, V, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyedRegistry")
             .field("capacity", &(self.shard_capacity * self.shards.len()))
@@ -72,6 +76,39 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyedRegistry<K, V> {
     /// A registry of at most `capacity` keys, evicting keys unused for
     /// `idle_timeout`.
     pub fn new(capacity: usize, idle_timeout: Duration) -> Result<Self, RegistryError> {
+        Self::with_hasher(capacity, idle_timeout, RandomState::new())
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Clone> KeyedRegistry<K, V, S> {
+    /// A registry of at most `capacity` keys, evicting keys unused for
+    /// `idle_timeout`, hashing keys with `hasher`.
+    ///
+    /// ```
+    /// use palisade_core::keyed::KeyedRegistry;
+    /// use std::hash::{BuildHasherDefault, Hasher};
+    /// use std::time::Duration;
+    ///
+    /// /// Keys that are already 64-bit hashes need no more mixing.
+    /// #[derive(Default)]
+    /// struct PreHashed(u64);
+    /// impl Hasher for PreHashed {
+    ///     fn finish(&self) -> u64 { self.0 }
+    ///     fn write(&mut self, bytes: &[u8]) {
+    ///         for b in bytes { self.0 = self.0.rotate_left(8) ^ u64::from(*b) }
+    ///     }
+    ///     fn write_u64(&mut self, n: u64) { self.0 = n }
+    /// }
+    ///
+    /// let registry: KeyedRegistry<u64, u32, BuildHasherDefault<PreHashed>> =
+    ///     KeyedRegistry::with_hasher(1_000, Duration::from_secs(60), Default::default()).unwrap();
+    /// assert_eq!(registry.get_or_insert_with(0x9e37_79b9_7f4a_7c15, || 7), 7);
+    /// ```
+    pub fn with_hasher(
+        capacity: usize,
+        idle_timeout: Duration,
+        hasher: S,
+    ) -> Result<Self, RegistryError> {
         if capacity == 0 {
             return Err(RegistryError::ZeroCapacity);
         }
@@ -86,14 +123,14 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyedRegistry<K, V> {
             shards: (0..shard_count)
                 .map(|_| {
                     Mutex::new(Shard {
-                        map: HashMap::new(),
+                        map: HashMap::with_hasher(hasher.clone()),
                     })
                 })
                 .collect(),
             shard_capacity,
             idle_nanos: duration_to_nanos(idle_timeout),
             clock: Clock::new(),
-            hasher: RandomState::new(),
+            hasher,
             evictions: AtomicU64::new(0),
         })
     }
@@ -103,12 +140,15 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyedRegistry<K, V> {
         self.shard_capacity * self.shards.len()
     }
 
-    fn shard(&self, key: &K) -> &Mutex<Shard<K, V>> {
+    fn shard(&self, key: &K) -> &Mutex<Shard<K, V, S>> {
         let i = (self.hasher.hash_one(key) % self.shards.len() as u64) as usize;
         &self.shards[i]
     }
 
-    fn lock<'a>(&self, shard: &'a Mutex<Shard<K, V>>) -> std::sync::MutexGuard<'a, Shard<K, V>> {
+    fn lock<'a>(
+        &self,
+        shard: &'a Mutex<Shard<K, V, S>>,
+    ) -> std::sync::MutexGuard<'a, Shard<K, V, S>> {
         // A panic while holding the lock cannot leave a shard half-updated (every
         // critical section is a single map operation), so poisoning is ignored.
         shard.lock().unwrap_or_else(|p| p.into_inner())
@@ -116,24 +156,50 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyedRegistry<K, V> {
 
     /// The value for `key`, creating it with `make` if absent. Marks the key used.
     pub fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
-        let now = self.clock.now_nanos();
+        self.get_or_insert_with_at(key, tokio::time::Instant::now(), make)
+    }
+
+    /// [`get_or_insert_with`](Self::get_or_insert_with) for a caller that has
+    /// just read the time: marks the key used at `now`, saving a clock read.
+    pub fn get_or_insert_with_at(
+        &self,
+        key: K,
+        now: tokio::time::Instant,
+        make: impl FnOnce() -> V,
+    ) -> V {
+        self.with_or_insert_at(key, now, make, V::clone)
+    }
+
+    /// Calls `f` on the value for `key` (created with `make` if absent) under the
+    /// shard's lock, and marks the key used at `now`: a caller that only needs to
+    /// look at the value saves cloning it. Keep `f` short; it must not use the
+    /// registry.
+    pub fn with_or_insert_at<R>(
+        &self,
+        key: K,
+        now: tokio::time::Instant,
+        make: impl FnOnce() -> V,
+        f: impl FnOnce(&V) -> R,
+    ) -> R {
+        let now = self.clock.nanos_at(now);
         let mut shard = self.lock(self.shard(&key));
         if let Some(entry) = shard.map.get_mut(&key) {
             entry.last_used = now;
-            return entry.value.clone();
+            return f(&entry.value);
         }
         if shard.map.len() >= self.shard_capacity {
             self.make_room(&mut shard, now);
         }
         let value = make();
+        let out = f(&value);
         shard.map.insert(
             key,
             Entry {
-                value: value.clone(),
+                value,
                 last_used: now,
             },
         );
-        value
+        out
     }
 
     /// Puts `value` under `key`, replacing any value there (and marking it used).
@@ -163,7 +229,7 @@ impl<K: Hash + Eq + Clone, V: Clone> KeyedRegistry<K, V> {
     /// Frees room in a full shard: idle entries first; if none, the least recently
     /// used eighth of the shard in one pass, so a flood of new keys costs amortised
     /// O(1) per insert instead of a scan each.
-    fn make_room(&self, shard: &mut Shard<K, V>, now: u64) {
+    fn make_room(&self, shard: &mut Shard<K, V, S>, now: u64) {
         let before = shard.map.len();
         let idle = self.idle_nanos;
         shard

@@ -33,9 +33,9 @@
 //! # }
 //! ```
 
-use std::collections::hash_map::RandomState;
+use std::cell::Cell;
 use std::future::Future;
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -68,7 +68,30 @@ impl governor::clock::Clock for TokioClock {
     type Instant = Nanos;
 
     fn now(&self) -> Nanos {
-        Nanos::from(self.0.now_nanos())
+        Nanos::from(LENT_NOW.get().unwrap_or_else(|| self.0.now_nanos()))
+    }
+}
+
+thread_local! {
+    /// A clock reading lent to governor for one check on this thread: the keyed
+    /// path reads the time once, for its registry and for governor (a clock read
+    /// is a good part of a check's cost). Set and cleared around the check only.
+    static LENT_NOW: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Clears the lent reading when the check is over, even if it unwinds.
+struct Lent;
+
+impl Lent {
+    fn new(nanos: u64) -> Self {
+        LENT_NOW.set(Some(nanos));
+        Lent
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        LENT_NOW.set(None);
     }
 }
 
@@ -236,6 +259,15 @@ impl Shared {
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
+    /// [`check`](Self::check) at `now`, a reading the caller just took.
+    fn check_at(&self, limiter: &Limiter, now: Instant) -> Result<(), Duration> {
+        let nanos = self.clock.0.nanos_at(now);
+        let _lent = Lent::new(nanos);
+        limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(Nanos::from(nanos)))
+    }
+
     /// Whether a call may wait `wait` (within `max_wait` from `started` and the
     /// deadline).
     fn may_wait(&self, wait: Duration, started: Instant) -> bool {
@@ -361,7 +393,12 @@ impl Builder {
         idle_timeout: Duration,
     ) -> Result<KeyedRateLimitLayer<F>, ConfigError> {
         let name = self.parts()?;
-        let registry = KeyedRegistry::new(capacity, idle_timeout).map_err(|e| {
+        let registry = KeyedRegistry::with_hasher(
+            capacity,
+            idle_timeout,
+            BuildHasherDefault::<PreHashed>::default(),
+        )
+        .map_err(|e| {
             let field = match e {
                 palisade_core::keyed::RegistryError::ZeroCapacity => "keys.capacity",
                 palisade_core::keyed::RegistryError::ZeroIdleTimeout => "keys.idle_timeout",
@@ -373,7 +410,7 @@ impl Builder {
                 shared: Shared::new(name, self.config, true),
                 registry,
                 generation: AtomicU64::new(0),
-                hasher: RandomState::new(),
+                hasher: foldhash::quality::RandomState::default(),
             }),
             key,
         })
@@ -538,41 +575,86 @@ where
     }
 }
 
+/// The registry's hasher: its keys are already 64-bit hashes of the request keys
+/// (seeded, see `Keyed::hasher`), so they are used as they are rather than hashed
+/// twice more (for the shard and the slot).
+#[derive(Debug, Default, Clone, Copy)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys reach this hasher; mix anything else anyway.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 struct Keyed {
     shared: Shared,
     /// Keys are 64-bit hashes with a per-process random seed; each entry carries
     /// the quota generation it was made under.
-    registry: KeyedRegistry<u64, (u64, Arc<Limiter>)>,
+    registry: KeyedRegistry<u64, (u64, Arc<Limiter>), BuildHasherDefault<PreHashed>>,
     generation: AtomicU64,
-    hasher: RandomState,
+    /// Hashes request keys: foldhash with a per-process random seed. Request keys
+    /// may come from anyone; the seed keeps colliding keys from being chosen, and
+    /// the registry's bound caps what a collision could cost anyway.
+    hasher: foldhash::quality::RandomState,
 }
 
 impl Keyed {
-    fn limiter_for<K: Hash>(&self, key: &K) -> Arc<Limiter> {
+    /// Asks the limiter of `key` for a permit at `now` (and marks the key used):
+    /// `Ok`, or the wait until one and the key's limiter to wait on.
+    fn check<K: Hash>(&self, key: &K, now: Instant) -> Result<(), (Duration, Arc<Limiter>)> {
         let hash = self.hasher.hash_one(key);
         let generation = self.generation.load(Ordering::Acquire);
         let before = self.registry.evictions();
+        // Whether this call added a key: only then can the count of keys change
+        // (by the key, and by the keys evicted to make room for it). A known key,
+        // the steady state, leaves the gauge alone: counting keys takes every
+        // shard's lock.
+        let made = Cell::new(false);
         let make = || {
+            made.set(true);
             let config = self.shared.config.load();
             (generation, Arc::new(self.shared.limiter(&config)))
         };
-        let (made_in, limiter) = self.registry.get_or_insert_with(hash, make);
-        let limiter = if made_in == generation {
-            limiter
-        } else {
+        // Checked under the shard's lock: no reference count taken for a permit.
+        let checked = self
+            .registry
+            .with_or_insert_at(hash, now, &make, |(made_in, limiter)| {
+                (*made_in == generation).then(|| {
+                    self.shared
+                        .check_at(limiter, now)
+                        .map_err(|wait| (wait, Arc::clone(limiter)))
+                })
+            });
+        let checked = checked.unwrap_or_else(|| {
             // Made under an older quota: replace it.
             let fresh = make();
             self.registry.insert(hash, fresh.clone());
-            fresh.1
-        };
-        if let Some((keys, evictions)) = &self.shared.metrics.keys {
+            self.shared
+                .check_at(&fresh.1, now)
+                .map_err(|wait| (wait, fresh.1))
+        });
+        if made.get()
+            && let Some((keys, evictions)) = &self.shared.metrics.keys
+        {
             let evicted = self.registry.evictions() - before;
             if evicted > 0 {
                 evictions.increment(evicted);
             }
             keys.set(self.registry.len() as f64);
         }
-        limiter
+        checked
     }
 }
 
@@ -668,8 +750,8 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let keyed = &self.layer.keyed;
-        let limiter = keyed.limiter_for(&(self.layer.key)(&req));
-        match keyed.shared.check(&limiter) {
+        let now = Instant::now();
+        match keyed.check(&(self.layer.key)(&req), now) {
             Ok(()) => {
                 keyed.shared.permitted(None);
                 KeyedFuture {
@@ -678,8 +760,8 @@ where
                     },
                 }
             }
-            Err(wait) => {
-                let started = Instant::now();
+            Err((wait, limiter)) => {
+                let started = now;
                 if keyed.shared.may_wait(wait, started) {
                     let clone = self.inner.clone();
                     let ready = std::mem::replace(&mut self.inner, clone);

@@ -219,6 +219,71 @@ async fn bad_settings_name_the_field() {
         .build_keyed(|x: &u32| *x, 0, Duration::from_secs(1))
         .unwrap_err();
     assert_eq!(e.field(), "keys.capacity");
+    let e = RateLimitLayer::builder("t")
+        .build_keyed(|x: &u32| *x, 10, Duration::ZERO)
+        .unwrap_err();
+    assert_eq!(e.field(), "keys.idle_timeout");
+    let e = RateLimitLayer::builder("t")
+        .rate(0, Duration::from_secs(1))
+        .build_keyed(|x: &u32| *x, 10, Duration::from_secs(1))
+        .unwrap_err();
+    assert_eq!(e.to_string(), "rate: must be at least 1");
+    let e = RateLimitLayer::builder("t")
+        .rate(10, Duration::from_nanos(1))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "rate: 10 per 1ns is too fast (under a nanosecond apart)"
+    );
+    let e = RateLimitLayer::builder("bad name").build().unwrap_err();
+    assert_eq!(e.field(), "name");
+    // From a file: the same checks.
+    let zero: RateLimitConfig = toml::from_str("rate = 0").unwrap();
+    let e = RateLimitLayer::builder("t")
+        .config(zero)
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field(), "rate");
     let e = toml::from_str::<RateLimitConfig>("rate = 5\nburts = 2").unwrap_err();
     assert!(e.to_string().contains("unknown field `burts`"), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_keys_gauge_follows_new_and_evicted_keys() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        RateLimitLayer::builder("keys")
+            .rate(100, Duration::from_secs(1))
+            .build_keyed(|x: &u32| *x, 2, Duration::from_secs(600))
+            .unwrap()
+    });
+    let (_, inner) = counting();
+    let mut svc = layer.layer(inner);
+    // Two keys, then known keys only, then a third that evicts the least recently
+    // used (key 2).
+    for key in [1, 2, 1, 2, 1, 1, 1] {
+        svc.ready().await.unwrap().call(key).await.unwrap();
+    }
+    assert_eq!(layer.keys(), 2);
+    advance(Duration::from_millis(10)).await;
+    svc.ready().await.unwrap().call(1).await.unwrap();
+    svc.ready().await.unwrap().call(3).await.unwrap();
+    assert_eq!(layer.keys(), 2);
+
+    let snapshot = recorder.snapshotter().snapshot().into_vec();
+    let value = |name: &str| {
+        snapshot
+            .iter()
+            .find(|(key, _, _, _)| key.key().name() == name)
+            .map(|(_, _, _, v)| match v {
+                DebugValue::Counter(n) => *n as f64,
+                DebugValue::Gauge(g) => g.into_inner(),
+                DebugValue::Histogram(_) => f64::NAN,
+            })
+    };
+    assert_eq!(value("palisade_ratelimit_keys"), Some(2.0));
+    assert_eq!(value("palisade_ratelimit_key_evictions_total"), Some(1.0));
 }
