@@ -208,8 +208,7 @@ impl<S> Endpoint<S> {
         }
         if let (Some(rate), Some(window)) = (config.outlier.failure_rate, &self.window) {
             let snap = window.snapshot(now);
-            if snap.calls >= config.outlier.failure_rate_min_calls && snap.failure_rate() >= rate
-            {
+            if snap.calls >= config.outlier.failure_rate_min_calls && snap.failure_rate() >= rate {
                 return Tripped::FailureRate;
             }
         }

@@ -36,10 +36,7 @@ enum State<S: Service<Req>, Req> {
 impl<S: Service<Req>, C, Req> std::fmt::Debug for ResponseFuture<S, C, Req> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field(
-                "endpoint",
-                &self.call.as_ref().map(|c| c.endpoint.addr),
-            )
+            .field("endpoint", &self.call.as_ref().map(|c| c.endpoint.addr))
             .finish_non_exhaustive()
     }
 }

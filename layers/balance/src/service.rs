@@ -218,7 +218,8 @@ impl<S, C> Shared<S, C> {
                 }
             }
         }
-        self.warm.store(!table.endpoints.is_empty(), Ordering::Relaxed);
+        self.warm
+            .store(!table.endpoints.is_empty(), Ordering::Relaxed);
         self.rebuild(&table, now);
     }
 
@@ -278,7 +279,11 @@ impl<S, C> Shared<S, C> {
         let total = table.endpoints.len();
         let ejected = table.endpoints.values().filter(|e| e.is_ejected()).count();
         let pct = usize::from(self.config.outlier.max_ejection_percent);
-        let allowed = if pct == 0 { 0 } else { (total * pct / 100).max(1) };
+        let allowed = if pct == 0 {
+            0
+        } else {
+            (total * pct / 100).max(1)
+        };
         if ejected + 1 > allowed {
             tracing::debug!(downstream = %self.name, endpoint = %ep.addr, "not ejected: max_ejection_percent reached");
             return;

@@ -103,7 +103,8 @@ impl FileSource {
             Some("toml") => toml()?,
             _ => json().or_else(|_| toml())?,
         };
-        parse_endpoints(list).map_err(|e| DiscoveryError::Malformed(format!("{}: {e}", path.display())))
+        parse_endpoints(list)
+            .map_err(|e| DiscoveryError::Malformed(format!("{}: {e}", path.display())))
     }
 }
 

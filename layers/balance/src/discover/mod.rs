@@ -33,15 +33,9 @@ use tower::discover::Change;
 
 use crate::metrics::{DiscoveryMetrics, SourceKind};
 
-#[cfg(feature = "dns")]
-mod dns;
-#[cfg(feature = "etcd")]
-pub mod etcd;
 mod file;
 mod registry;
 
-#[cfg(feature = "dns")]
-pub use dns::{DnsBuilder, DnsQuery, DnsSource};
 pub use file::{FileBuilder, FileSource};
 pub use registry::{Registration, Registry};
 
@@ -62,7 +56,9 @@ pub enum DiscoveryError {
         index: usize,
     },
     /// An entry is not an `ip:port` address.
-    #[error("endpoint {index}: {entry:?} is not an address (expected ip:port, e.g. 127.0.0.1:8080)")]
+    #[error(
+        "endpoint {index}: {entry:?} is not an address (expected ip:port, e.g. 127.0.0.1:8080)"
+    )]
     BadAddress {
         /// The entry's position, from 0.
         index: usize,
@@ -175,10 +171,7 @@ impl std::fmt::Debug for EndpointStream {
 impl EndpointStream {
     /// A stream of the sets published on `sets`, counting each new set in `metrics`.
     /// For sources of your own: publish whole sets with the `watch::Sender`.
-    pub fn new(
-        sets: watch::Receiver<Arc<EndpointSet>>,
-        metrics: Option<DiscoveryMetrics>,
-    ) -> Self {
+    pub fn new(sets: watch::Receiver<Arc<EndpointSet>>, metrics: Option<DiscoveryMetrics>) -> Self {
         Self {
             sets: WatchStream::new(sets),
             known: EndpointSet::new(),
