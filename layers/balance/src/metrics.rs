@@ -166,6 +166,12 @@ impl DiscoveryMetrics {
         self.stale.set(0.0);
     }
 
+    /// A read that found the same unusable content as before: still stale, but not
+    /// counted again.
+    pub fn still_stale(&self) {
+        self.stale.set(1.0);
+    }
+
     /// A failed read (the source is unreachable, or what it holds is malformed):
     /// counts the error and marks the served set stale.
     pub fn failed(&self) {

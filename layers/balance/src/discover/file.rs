@@ -135,11 +135,11 @@ impl FileBuilder {
         };
         let (tx, rx) = watch::channel(Arc::new(EndpointSet::new()));
         follower.read(&tx);
-        let interval = self.interval;
+        // The clock starts now, not when the task first runs.
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
             loop {
                 tokio::select! {
                     _ = tx.closed() => return,
@@ -174,6 +174,8 @@ impl Follower {
                     if *last == text {
                         if matches!(self.last_text, Some(Ok(_))) {
                             self.metrics.confirmed();
+                        } else {
+                            self.metrics.still_stale();
                         }
                         return;
                     }
