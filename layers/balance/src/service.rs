@@ -329,8 +329,6 @@ impl<S, C> Balance<S, C> {
     pub fn endpoints(&self) -> Vec<EndpointInfo> {
         self.shared.tick();
         let snap = self.shared.snapshot();
-        let now = self.shared.clock.now_nanos();
-        let _ = now;
         snap.all
             .iter()
             .map(|ep| EndpointInfo {

@@ -1,6 +1,8 @@
 //! The balancer on paused time: ejection timing, max ejection, panic mode, slow start,
 //! no endpoints, and endpoints that change while calls are in flight.
 
+#![allow(clippy::field_reassign_with_default)] // settings read best one per line
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

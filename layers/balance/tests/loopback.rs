@@ -2,6 +2,7 @@
 //! ejected, a slow one is avoided, a killed one is routed around (with retry in the
 //! stack, no user request fails).
 #![cfg(feature = "http")]
+#![allow(clippy::field_reassign_with_default)] // settings read best one per line
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,6 +1,8 @@
 //! Metrics through metrics-util's debugging recorder: closed label sets zero-filled,
 //! and the counts a user would read on a dashboard.
 
+#![allow(clippy::field_reassign_with_default)] // settings read best one per line
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

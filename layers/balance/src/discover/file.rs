@@ -170,15 +170,15 @@ impl Follower {
                 self.metrics.failed();
             }
             Ok(text) => {
-                if let Some(Ok(last)) | Some(Err(last)) = &self.last_text {
-                    if *last == text {
-                        if matches!(self.last_text, Some(Ok(_))) {
-                            self.metrics.confirmed();
-                        } else {
-                            self.metrics.still_stale();
-                        }
-                        return;
+                if let Some(Ok(last)) | Some(Err(last)) = &self.last_text
+                    && *last == text
+                {
+                    if matches!(self.last_text, Some(Ok(_))) {
+                        self.metrics.confirmed();
+                    } else {
+                        self.metrics.still_stale();
                     }
+                    return;
                 }
                 match FileSource::parse(&self.path, &text) {
                     Ok(set) => {
