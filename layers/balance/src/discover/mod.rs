@@ -33,9 +33,13 @@ use tower::discover::Change;
 
 use crate::metrics::{DiscoveryMetrics, SourceKind};
 
+#[cfg(feature = "dns")]
+mod dns;
 mod file;
 mod registry;
 
+#[cfg(feature = "dns")]
+pub use dns::{DnsBuilder, DnsQuery, DnsSource};
 pub use file::{FileBuilder, FileSource};
 pub use registry::{Registration, Registry};
 
