@@ -35,6 +35,8 @@ use crate::metrics::{DiscoveryMetrics, SourceKind};
 
 #[cfg(feature = "dns")]
 mod dns;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod file;
 mod registry;
 
