@@ -180,10 +180,10 @@ impl OwnEtcd {
     async fn client(&self) -> etcd_client::Client {
         let start = Instant::now();
         loop {
-            if let Ok(mut c) = etcd_client::Client::connect([self.endpoint()], None).await {
-                if c.get("ping", None).await.is_ok() {
-                    return c;
-                }
+            if let Ok(mut c) = etcd_client::Client::connect([self.endpoint()], None).await
+                && c.get("ping", None).await.is_ok()
+            {
+                return c;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(15),
