@@ -114,7 +114,9 @@ pub struct BalanceConfig {
     /// Peak-EWMA: how fast an old latency estimate fades. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub decay: Duration,
-    /// Peak-EWMA: the latency assumed for an endpoint not yet measured. Default 30 ms.
+    /// Peak-EWMA: the latency assumed for an endpoint not yet measured, until any
+    /// endpoint has answered (then the average latency over all endpoints is
+    /// assumed). Default 30 ms.
     #[serde(with = "humantime_serde")]
     pub default_rtt: Duration,
     /// Peak-EWMA: the latency a failed call counts as, at least, so a replica that

@@ -130,15 +130,16 @@ impl<S> Endpoint<S> {
         self.pending.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// The load P2C compares: lower is better.
-    pub(crate) fn load(&self, config: &BalanceConfig, now: u64) -> f64 {
+    /// The load P2C compares: lower is better. `unmeasured` is the latency assumed
+    /// for an endpoint with no response yet.
+    pub(crate) fn load(&self, config: &BalanceConfig, now: u64, unmeasured: f64) -> f64 {
         let pending = f64::from(self.pending());
         match config.load {
             LoadMetric::PendingRequests => pending,
             LoadMetric::PeakEwma => {
                 let mut stats = self.stats();
                 let cost = match stats.cost {
-                    None => config.default_rtt.as_nanos() as f64,
+                    None => unmeasured,
                     Some(cost) => {
                         let decayed = cost * decay_factor(config, now, stats.stamp);
                         stats.cost = Some(decayed);

@@ -110,6 +110,10 @@ pub(crate) struct Shared<S, C> {
     wake: Arc<tokio::sync::Notify>,
     /// The number of endpoints, for [`Balance::wait_for_endpoints`].
     count: watch::Sender<usize>,
+    /// An average latency over every endpoint (f64 bits; 0 before the first
+    /// response): what an endpoint not yet measured is assumed to take, so a new
+    /// endpoint is neither flooded nor shunned.
+    typical_rtt: AtomicU64,
     /// Dropped with the last clone: tells the background task to stop.
     _stop: oneshot::Sender<()>,
     warm: AtomicBool,
@@ -248,7 +252,14 @@ impl<S, C> Shared<S, C> {
         }
         let (a, b) = (&candidates[i], &candidates[j]);
         let now = self.clock.now_nanos();
-        let (la, lb) = (a.load(&self.config, now), b.load(&self.config, now));
+        let typical = match self.typical_rtt.load(Ordering::Relaxed) {
+            0 => self.config.default_rtt.as_nanos() as f64,
+            bits => f64::from_bits(bits),
+        };
+        let (la, lb) = (
+            a.load(&self.config, now, typical),
+            b.load(&self.config, now, typical),
+        );
         let (mut pick, other) = if la <= lb { (a, b) } else { (b, a) };
         // Slow start: a warming endpoint wins only its weight's share of the picks.
         let w = pick.weight(&self.config, now);
@@ -261,6 +272,15 @@ impl<S, C> Shared<S, C> {
     /// Records a response from `ep`; ejects it when a detector trips.
     pub(crate) fn record(&self, ep: &Arc<Endpoint<S>>, failed: Option<bool>, latency: u64) {
         let now = self.clock.now_nanos();
+        if failed != Some(true) {
+            // A plain moving average; racing updates only lose a sample.
+            let sample = latency.max(1) as f64;
+            let next = match self.typical_rtt.load(Ordering::Relaxed) {
+                0 => sample,
+                bits => f64::from_bits(bits) * 0.9 + sample * 0.1,
+            };
+            self.typical_rtt.store(next.to_bits(), Ordering::Relaxed);
+        }
         let tripped = ep.record(&self.config, failed, latency, now);
         let detector = match tripped {
             Tripped::No => return,
@@ -446,6 +466,7 @@ impl<C> Builder<C> {
             next_transition: AtomicU64::new(u64::MAX),
             wake: Arc::new(tokio::sync::Notify::new()),
             count: watch::Sender::new(0),
+            typical_rtt: AtomicU64::new(0),
             _stop: stop_tx,
             warm: AtomicBool::new(false),
         });

@@ -274,7 +274,6 @@ async fn a_killed_replica_is_routed_around_and_retry_hides_it() {
         .layer(retry)
         .service(balance.clone());
 
-    let dead = replicas[1].addr;
     let failures = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     let started = Instant::now();
@@ -293,8 +292,22 @@ async fn a_killed_replica_is_routed_around_and_retry_hides_it() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let victim = replicas.remove(1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let counts = |seen: &HashMap<SocketAddr, usize>| -> Vec<usize> {
+        replicas
+            .iter()
+            .map(|r| seen.get(&r.addr).copied().unwrap_or(0))
+            .collect()
+    };
+    let earlier = counts(&attempts.lock().unwrap());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Kill the replica busiest in the last 100 ms, so the kill surely hits traffic.
+    let now = counts(&attempts.lock().unwrap());
+    let victim_index = (0..now.len()).max_by_key(|&i| now[i] - earlier[i]).unwrap();
+    // It was in rotation when it died.
+    assert!(now[victim_index] > earlier[victim_index]);
+    let victim = replicas.remove(victim_index);
+    let dead = victim.addr;
     victim.server.abort();
     let _ = victim.server.await;
     let killed_at = Instant::now();
