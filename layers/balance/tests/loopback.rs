@@ -142,8 +142,11 @@ async fn an_erroring_replica_is_ejected_quickly_and_then_gets_almost_nothing() {
         .map(|r| registry.register("loop-errors", r.addr))
         .collect();
     let mut config = BalanceConfig::default();
-    // Judge ejection alone: no latency penalty steering traffic away first.
+    // Judge ejection alone: no latency steering traffic away first (peak-EWMA would
+    // shun the replica after one slow answer on a busy machine, and the penalty after
+    // one failure), so calls spread evenly until the detector decides.
     config.failure_penalty = Duration::ZERO;
+    config.load = palisade_balance::LoadMetric::PendingRequests;
     let balance = Balance::builder("loop-errors")
         .config(config)
         .classify(HttpClassifier)
