@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use order_demo::faults::Faults;
 use order_demo::registry::Registry;
 use order_demo::runner::{self, Options, Profile, Scenario};
 use order_demo::services::{self, GatewayClients, GatewayLimits, PaymentCapacity, order};
@@ -216,7 +215,7 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         "shipment" => services::shipment(services::holds_store(dir, "shipment")?),
         _ => services::catalog(services::catalog_store(dir)?),
     };
-    let faults = Faults::new(service, args.seed);
+    let faults = order_demo::faults::layer(service, args.seed)?;
     let gateway = (service == "gateway").then_some(GatewayLimits {
         per_client_rate: args.per_client_rate,
         max_in_flight: 64,

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 
-use crate::faults::{self, Faults};
+use crate::faults;
 use crate::stack::{self, Client, Mode};
 use crate::store::{self, Db, Reserve};
 
@@ -81,15 +81,17 @@ pub struct GatewayLimits {
 pub fn assemble(
     service: &'static str,
     business: Router,
-    faults: Arc<Faults>,
+    faults: faults::FaultLayer,
     token: Arc<str>,
     mode: Mode,
     gateway: Option<GatewayLimits>,
 ) -> Result<Router, ConfigError> {
-    let mut app = business.layer(middleware::from_fn_with_state(
-        faults.clone(),
-        faults::inject,
-    ));
+    let handle = faults.handle();
+    let mut app = business.layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(faults::handle_fault_error))
+            .layer(faults),
+    );
     if mode == Mode::Palisade {
         let deadline = InboundDeadlineLayer::builder(service)
             .max(Duration::from_secs(10))
@@ -130,7 +132,7 @@ pub fn assemble(
             crate::obs::server_metrics,
         ))
         .merge(crate::obs::metrics_router())
-        .merge(faults::admin_router(faults, token)))
+        .merge(faults::admin_router(handle, token)))
 }
 
 async fn require_api_key(req: Request, next: Next) -> Response {

@@ -12,7 +12,7 @@ use axum::Router;
 use palisade::BoxError;
 use tokio_util::sync::CancellationToken;
 
-use crate::faults::{ADMIN_TOKEN_HEADER, FaultConfig, Faults};
+use crate::faults::{self, ADMIN_TOKEN_HEADER, FaultConfig, FaultHandle};
 use crate::registry::Registry;
 use crate::server::{self, ServerHandle};
 use crate::services::{self, GatewayClients, GatewayLimits, PaymentCapacity, order};
@@ -102,7 +102,7 @@ pub struct System {
     config: SystemConfig,
     registry: Arc<Registry>,
     servers: HashMap<&'static str, Vec<ServerHandle>>,
-    faults: HashMap<(&'static str, usize), Arc<Faults>>,
+    faults: HashMap<(&'static str, usize), FaultHandle>,
     stores: Stores,
     shutdown: CancellationToken,
     http: HttpClient,
@@ -183,7 +183,8 @@ impl System {
                     "shipment" => services::shipment(stores.shipment.clone()),
                     _ => services::catalog(stores.catalog.clone()),
                 };
-                let f = Faults::new(service, config.seed.wrapping_add(replica as u64 * 7919));
+                let f = faults::layer(service, config.seed.wrapping_add(replica as u64 * 7919))?;
+                let handle = f.handle();
                 let gateway = (service == "gateway").then_some(config.gateway);
                 let app =
                     services::assemble(service, business, f.clone(), token.clone(), mode, gateway)?;
@@ -195,7 +196,7 @@ impl System {
                     app,
                     shutdown.clone(),
                 )?);
-                faults.insert((service, replica), f);
+                faults.insert((service, replica), handle);
             }
         }
         let path = dir.path().to_path_buf();
@@ -267,8 +268,8 @@ impl System {
         Ok(())
     }
 
-    /// The faults set on one replica (without the admin API).
-    pub fn faults(&self, service: &'static str, replica: usize) -> Option<&Arc<Faults>> {
+    /// The fault handle of one replica (the admin API sets the same faults).
+    pub fn faults(&self, service: &'static str, replica: usize) -> Option<&FaultHandle> {
         self.faults.get(&(service, replica))
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use palisade::BoxError;
 
-use crate::faults::FaultConfig;
+use crate::faults::{FaultConfig, presets};
 use crate::services::{GatewayLimits, PaymentCapacity};
 use crate::stack::Mode;
 use crate::system::{Consistency, System, SystemConfig};
@@ -117,9 +117,7 @@ impl Scenario {
         match self {
             Scenario::Baseline | Scenario::OverloadSpike => Ok(()),
             Scenario::InventoryErrors => {
-                system
-                    .set_faults("inventory", FaultConfig::errors(0.2))
-                    .await
+                system.set_faults("inventory", presets::errors(20.0)).await
             }
             Scenario::InventoryReplicaDead => {
                 system.set_down("inventory", Some(1), true);
@@ -129,7 +127,7 @@ impl Scenario {
                 system
                     .set_faults(
                         "payment",
-                        FaultConfig::latency(Duration::from_millis(2500), 0.3),
+                        presets::latency(30.0, Duration::from_millis(2500)),
                     )
                     .await
             }
@@ -147,12 +145,14 @@ impl Scenario {
     async fn clear(self, system: &System) -> Result<(), BoxError> {
         match self {
             Scenario::Baseline | Scenario::OverloadSpike => Ok(()),
-            Scenario::InventoryErrors => system.set_faults("inventory", FaultConfig::none()).await,
+            Scenario::InventoryErrors => {
+                system.set_faults("inventory", FaultConfig::default()).await
+            }
             Scenario::InventoryReplicaDead => {
                 system.set_down("inventory", Some(1), false);
                 Ok(())
             }
-            Scenario::PaymentLatency => system.set_faults("payment", FaultConfig::none()).await,
+            Scenario::PaymentLatency => system.set_faults("payment", FaultConfig::default()).await,
             Scenario::CatalogOutage => {
                 system.set_down("catalog", None, false);
                 Ok(())
