@@ -53,6 +53,9 @@ struct RunArgs {
     /// No progress line.
     #[arg(long)]
     no_progress: bool,
+    /// Serve the process's /metrics on this loopback address for the whole run.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -120,6 +123,24 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?
+    };
+    let _metrics = match args.metrics {
+        Some(addr) if !addr.ip().is_loopback() => {
+            return Err(format!("--metrics {addr}: the demo binds loopback addresses only").into());
+        }
+        Some(addr) => {
+            order_demo::obs::install();
+            let shutdown = CancellationToken::new();
+            let listener = order_demo::server::bind(addr).await?;
+            let handle = order_demo::server::spawn(
+                listener,
+                order_demo::obs::metrics_router(),
+                shutdown.clone(),
+            )?;
+            eprintln!("metrics on http://{}/metrics", handle.addr());
+            Some(shutdown.drop_guard())
+        }
+        None => None,
     };
     let options = Options {
         profile: if args.quick {

@@ -335,7 +335,7 @@ pub fn policy(downstream: &str) -> Policy {
             per_try: Duration::from_millis(1500),
             attempts: 2,
             breaker: false,
-            bulkhead: Some((6, 0, Duration::ZERO)),
+            bulkhead: Some((4, 0, Duration::ZERO)),
             ..base
         },
         _ => base,

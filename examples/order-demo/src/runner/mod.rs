@@ -218,6 +218,16 @@ impl Profile {
         }
     }
 
+    /// The profile of the test suite: a smaller system (capacity 25 payments/s) at
+    /// 20 requests/s, so a debug build on two cores keeps up; the spike lasts 2 s.
+    pub fn test() -> Self {
+        Self {
+            rate: 20.0,
+            payment_workers: 1,
+            ..Self::quick()
+        }
+    }
+
     /// Payments per second the system can take.
     pub fn capacity(&self) -> f64 {
         PaymentCapacity::per_second(self.payment_workers, self.payment_time)
