@@ -325,7 +325,7 @@ pub fn policy(downstream: &str) -> Policy {
             ..base
         },
         "payment" => Policy {
-            per_try: Duration::from_millis(300),
+            per_try: Duration::from_millis(500),
             bulkhead: Some((8, 8, Duration::from_millis(200))),
             ..base
         },
@@ -335,7 +335,7 @@ pub fn policy(downstream: &str) -> Policy {
             per_try: Duration::from_millis(1500),
             attempts: 2,
             breaker: false,
-            bulkhead: Some((4, 0, Duration::ZERO)),
+            bulkhead: Some((8, 8, Duration::from_millis(250))),
             ..base
         },
         _ => base,

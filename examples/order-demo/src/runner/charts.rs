@@ -17,6 +17,9 @@ use super::report::series;
 use super::{Run, Scenario};
 use crate::stack::Mode;
 
+/// (bucket start s, goodput /s, p99 ms).
+type Point = (f64, f64, f64);
+
 const BUCKET: Duration = Duration::from_millis(250);
 const FONT_PLACES: [&str; 4] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -94,7 +97,7 @@ pub fn write(path: &Path, scenario: Scenario, runs: &[&Run]) -> Result<(), BoxEr
             r.fault_window.1.as_secs_f64(),
         )
     });
-    let data: Vec<(Mode, Vec<(f64, f64, f64)>)> = runs
+    let data: Vec<(Mode, Vec<Point>)> = runs
         .iter()
         .map(|r| (r.mode, series(&r.samples, r.length, BUCKET)))
         .collect();
