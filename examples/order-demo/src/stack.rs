@@ -325,14 +325,15 @@ pub fn policy(downstream: &str) -> Policy {
             ..base
         },
         "payment" => Policy {
-            per_try: Duration::from_millis(500),
+            per_try: Duration::from_millis(400),
             bulkhead: Some((8, 8, Duration::from_millis(200))),
             ..base
         },
         // The order saga retries its own steps; the gateway retries it only when no
         // answer came, and a failed order says so with no-retry.
         "order" => Policy {
-            per_try: Duration::from_millis(1500),
+            // Longer than the chain may take: the request's deadline is the limit.
+            per_try: Duration::from_secs(5),
             attempts: 2,
             breaker: false,
             bulkhead: Some((8, 8, Duration::from_millis(250))),
@@ -385,9 +386,9 @@ pub fn client(
                 Some(
                     CircuitBreakerLayer::builder(downstream)
                         .classify(HttpClassifier)
-                        .count_window(20)
+                        .count_window(40)
                         .minimum_calls(8)
-                        .failure_rate_threshold(0.5)
+                        .failure_rate_threshold(0.6)
                         .wait_in_open(BREAKER_OPEN_WAIT)
                         .wait_backoff(1.0, BREAKER_OPEN_WAIT)
                         .wait_jitter(0.0)

@@ -112,7 +112,12 @@ pub fn write(path: &Path, scenario: Scenario, runs: &[&Run]) -> Result<(), BoxEr
         .fold(1.0f64, f64::max)
         * 1.1;
     for (area, title, max, pick) in [
-        (&top, "goodput (successes/s)", max_goodput, 1usize),
+        (
+            &top,
+            "goodput (successes/s, by intended send time)",
+            max_goodput,
+            1usize,
+        ),
         (&bottom, "p99 latency (ms)", max_latency, 2usize),
     ] {
         let mut builder = ChartBuilder::on(area);
