@@ -14,7 +14,7 @@
 //! faults in both modes, and writes a report with charts.
 //!
 //! ```no_run
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[tokio::main] async fn main() -> Result<(), palisade::BoxError> {
 //! use order_demo::runner::{Profile, Scenario};
 //! use order_demo::stack::Mode;
 //!
