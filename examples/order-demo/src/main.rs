@@ -48,7 +48,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Where the results folder (run-NNN) is created.
-    #[arg(long, default_value = "order-demo-results")]
+    #[arg(long, default_value = "target/order-demo")]
     out: PathBuf,
     /// No progress line.
     #[arg(long)]
