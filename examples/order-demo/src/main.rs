@@ -1,2 +1,258 @@
-//! The Palisade demo order system (under construction).
-fn main() {}
+//! `order-demo`: runs the demo order system and its fault-injection scenarios
+//! (the default), or one service as its own process (`order-demo serve`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use order_demo::registry::Registry;
+use order_demo::runner::{self, Options, Profile, Scenario};
+use order_demo::services::{self, GatewayClients, GatewayLimits, PaymentCapacity, order};
+use order_demo::stack::{self, Mode};
+use palisade::BoxError;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "order-demo",
+    about = "The Palisade demo order system and its fault-injection runner"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start every service in this process and run the scenarios (the default).
+    Run(RunArgs),
+    /// Serve one service as its own process.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct RunArgs {
+    /// Shorter scenarios (about 6 s each instead of 10; the spike lasts 2 s).
+    #[arg(long)]
+    quick: bool,
+    /// Run only this scenario (repeatable): baseline, inventory_errors,
+    /// inventory_replica_dead, payment_latency, catalog_outage, customer_outage,
+    /// overload_spike.
+    #[arg(long = "scenario", value_name = "NAME")]
+    scenarios: Vec<String>,
+    /// Seeds the arrivals and the injected faults.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Where the results folder (run-NNN) is created.
+    #[arg(long, default_value = "target/order-demo")]
+    out: PathBuf,
+    /// No progress line.
+    #[arg(long)]
+    no_progress: bool,
+    /// Serve the process's /metrics on this loopback address for the whole run.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Args)]
+struct ServeArgs {
+    /// gateway, order, customer, inventory, payment, shipment or catalog.
+    service: String,
+    /// The address to listen on (loopback).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Discovery: `static` (endpoints from --endpoint) or `etcd://HOST:PORT`.
+    #[arg(long, default_value = "static")]
+    registry: String,
+    /// A dependency's endpoints, NAME=ADDR[,ADDR...] (repeatable).
+    #[arg(long = "endpoint", value_name = "NAME=ADDRS")]
+    endpoints: Vec<String>,
+    /// The folder holding the service's SQLite store.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// palisade or plain.
+    #[arg(long, default_value = "palisade")]
+    mode: Mode,
+    /// The token the admin API requires in x-admin-token.
+    #[arg(long, env = "ORDER_DEMO_ADMIN_TOKEN")]
+    admin_token: String,
+    /// Seeds the fault dice.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// payment: payments processed at once.
+    #[arg(long, default_value_t = 2)]
+    payment_workers: usize,
+    /// payment: milliseconds per payment.
+    #[arg(long, default_value_t = 40)]
+    payment_time_ms: u64,
+    /// gateway: requests per second per API key.
+    #[arg(long, default_value_t = 16)]
+    per_client_rate: u32,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Run(args)) => run(args).await,
+        None => run(cli.run).await,
+    };
+    if let Err(e) = result {
+        eprintln!("order-demo: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), BoxError> {
+    let scenarios = if args.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        args.scenarios
+            .iter()
+            .map(|name| {
+                Scenario::from_name(name).ok_or_else(|| {
+                    format!(
+                        "unknown scenario {name:?}; expected one of {}",
+                        runner::SCENARIO_NAMES.join(", ")
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let _metrics = match args.metrics {
+        Some(addr) if !addr.ip().is_loopback() => {
+            return Err(format!("--metrics {addr}: the demo binds loopback addresses only").into());
+        }
+        Some(addr) => {
+            order_demo::obs::install();
+            let shutdown = CancellationToken::new();
+            let listener = order_demo::server::bind(addr).await?;
+            let handle = order_demo::server::spawn(
+                listener,
+                order_demo::obs::metrics_router(),
+                shutdown.clone(),
+            )?;
+            eprintln!("metrics on http://{}/metrics", handle.addr());
+            Some(shutdown.drop_guard())
+        }
+        None => None,
+    };
+    let options = Options {
+        profile: if args.quick {
+            Profile::quick()
+        } else {
+            Profile::full()
+        },
+        scenarios,
+        seed: args.seed,
+        out: args.out,
+        progress: !args.no_progress,
+    };
+    let (runs, folder) = runner::run_all(&options).await?;
+    println!("\n{}", runner::report::tables(&runs));
+    println!("Report and charts: {}", folder.display());
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> Result<(), BoxError> {
+    if args.registry != "static" {
+        return Err(format!(
+            "--registry {}: only `static` (with --endpoint) is supported; etcd registration is not built yet",
+            args.registry
+        )
+        .into());
+    }
+    if !args.listen.ip().is_loopback() {
+        return Err(format!(
+            "--listen {}: the demo binds loopback addresses only",
+            args.listen
+        )
+        .into());
+    }
+    let service: &'static str = order_demo::SERVICES
+        .into_iter()
+        .find(|s| *s == args.service)
+        .ok_or_else(|| {
+            format!(
+                "unknown service {:?}; expected one of {}",
+                args.service,
+                order_demo::SERVICES.join(", ")
+            )
+        })?;
+    order_demo::obs::install();
+    let mut registry = Registry::new();
+    for spec in &args.endpoints {
+        let (name, addrs) = Registry::parse_endpoint(spec)?;
+        registry.insert(&name, addrs);
+    }
+    std::fs::create_dir_all(&args.data_dir)?;
+    let http = stack::http_client();
+    let shutdown = CancellationToken::new();
+    let mode = args.mode;
+    let client = |downstream: &'static str| -> Result<stack::Client, BoxError> {
+        let entry = registry.get(downstream).map_err(|_| {
+            format!("{service} calls {downstream}: pass --endpoint {downstream}=ADDR")
+        })?;
+        Ok(stack::client(
+            service,
+            downstream,
+            mode,
+            entry,
+            http.clone(),
+        )?)
+    };
+    let dir = args.data_dir.as_path();
+    let business = match service {
+        "gateway" => services::gateway(GatewayClients {
+            order: client("order")?,
+            customer: client("customer")?,
+            catalog: client("catalog")?,
+        }),
+        "order" => order::router(
+            order_demo::store::Db::open(&dir.join("order.db"), order::SCHEMA)?,
+            order::OrderClients {
+                catalog: client("catalog")?,
+                customer: client("customer")?,
+                inventory: client("inventory")?,
+                payment: client("payment")?,
+                shipment: client("shipment")?,
+            },
+            shutdown.clone(),
+        )?,
+        "customer" => services::customer(services::customer_store(dir)?),
+        "inventory" => services::inventory(services::inventory_store(dir)?),
+        "payment" => services::payment(
+            services::holds_store(dir, "payment")?,
+            PaymentCapacity::new(
+                args.payment_workers,
+                Duration::from_millis(args.payment_time_ms),
+            ),
+        ),
+        "shipment" => services::shipment(services::holds_store(dir, "shipment")?),
+        _ => services::catalog(services::catalog_store(dir)?),
+    };
+    let faults = order_demo::faults::layer(service, args.seed)?;
+    let gateway = (service == "gateway").then_some(GatewayLimits {
+        per_client_rate: args.per_client_rate,
+        max_in_flight: 64,
+    });
+    let app = services::assemble(
+        service,
+        business,
+        faults,
+        Arc::from(args.admin_token.as_str()),
+        mode,
+        gateway,
+    )?;
+    let listener = order_demo::server::bind(args.listen).await?;
+    let handle = order_demo::server::spawn(listener, app, shutdown.clone())?;
+    println!("{service} listening on http://{}", handle.addr());
+    tokio::signal::ctrl_c().await?;
+    shutdown.cancel();
+    Ok(())
+}

@@ -1,0 +1,472 @@
+//! The client stack of every outbound dependency, built in one place.
+//!
+//! [`client`] returns the stack a service uses to call one downstream, in either
+//! [`Mode`]:
+//!
+//! - [`Mode::Palisade`]: Palisade's layers in the canonical order
+//!   ```text
+//!   client metrics → outbound deadline → stale cache (GET, catalog and customer)
+//!     → retry (HTTP rules, budget) → circuit breaker → bulkhead (order, payment)
+//!     → per-try timeout → endpoint rotation → hyper
+//!   ```
+//! - [`Mode::Plain`]: client metrics → endpoint rotation → hyper: no timeout, no
+//!   retry, no breaker — what a service without resilience does.
+//!
+//! Each attempt goes to the next replica in turn ([`Endpoints`]), so a retry after a
+//! failed replica tries another one.
+//!
+//! Requests carry a path only (`/credit/reserve`); the endpoint layer fills in the
+//! address. A [`CallTrace`] in the request's extensions tells the caller afterwards
+//! whether any attempt may have reached the server without an answer coming back
+//! (sent, then timed out or cut off): only then can the call have had an effect the
+//! caller does not know about.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use palisade::breaker::CircuitBreakerLayer;
+use palisade::limit::bulkhead::BulkheadLayer;
+use palisade::retry::http::{HttpRetry, IDEMPOTENCY_KEY_HEADER};
+use palisade::retry::{Backoff, BudgetConfig, RetryLayer, Strategy};
+use palisade::timeout::{OutboundDeadlineLayer, TimeoutLayer};
+use palisade::{BoxError, ConfigError, Error, HttpClassifier, Rejection, RejectionKind};
+use tokio::time::Instant;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+
+use crate::registry::Entry;
+
+/// With or without Palisade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Palisade's stacks, inbound and outbound.
+    Palisade,
+    /// Plain HTTP clients and servers, no resilience.
+    Plain,
+}
+
+impl Mode {
+    /// Both modes.
+    pub const ALL: [Mode; 2] = [Mode::Palisade, Mode::Plain];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Palisade => "palisade",
+            Mode::Plain => "plain",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "palisade" => Ok(Mode::Palisade),
+            "plain" => Ok(Mode::Plain),
+            other => Err(format!("mode {other:?}: expected palisade or plain")),
+        }
+    }
+}
+
+/// An outbound request: a buffered body, so it can be retried.
+pub type OutRequest = Request<Full<Bytes>>;
+/// An outbound response, read to the end.
+pub type OutResponse = Response<Bytes>;
+/// A client for one downstream.
+pub type Client = BoxCloneSyncService<OutRequest, OutResponse, Error>;
+/// The shared hyper client (one connection pool per process).
+pub type HttpClient = HyperClient<HttpConnector, Full<Bytes>>;
+
+/// The response header marking an answer served from the stale cache.
+pub const STALE_HEADER: &str = "x-demo-stale";
+
+/// A new hyper client with a connection pool.
+pub fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    HyperClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(64)
+        .build(connector)
+}
+
+/// Whether any attempt of a call may have reached the server without an answer
+/// (a request extension; copies share it, so it covers every retry).
+#[derive(Debug, Clone, Default)]
+pub struct CallTrace(Arc<AtomicBool>);
+
+impl CallTrace {
+    /// A fresh trace.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether some attempt was sent and ended without an answer.
+    pub fn in_doubt(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Marks the trace in doubt unless the attempt was settled (answered, or never
+/// connected).
+struct Doubt {
+    trace: Option<CallTrace>,
+    settled: bool,
+}
+
+impl Drop for Doubt {
+    fn drop(&mut self) {
+        if !self.settled
+            && let Some(t) = &self.trace
+        {
+            t.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The innermost layer: sends each attempt to the next endpoint in turn.
+#[derive(Clone)]
+pub struct Endpoints {
+    http: HttpClient,
+    entry: Arc<Entry>,
+    downstream: &'static str,
+    next: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoints")
+            .field("downstream", &self.downstream)
+            .field("endpoints", self.entry.endpoints())
+            .finish()
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl Service<OutRequest> for Endpoints {
+    type Response = OutResponse;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<OutResponse, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: OutRequest) -> Self::Future {
+        let endpoints = self.entry.endpoints();
+        if endpoints.is_empty() {
+            let rejection = Rejection::new(RejectionKind::NoEndpoints);
+            return Box::pin(async move { Err(BoxError::from(rejection)) });
+        }
+        let addr = endpoints[self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len()];
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        match format!("http://{addr}{path}").parse() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(e) => return Box::pin(async move { Err(BoxError::from(e)) }),
+        }
+        let trace = req.extensions().get::<CallTrace>().cloned();
+        self.entry.count_attempt();
+        let sent = self.http.request(req);
+        Box::pin(async move {
+            let mut doubt = Doubt {
+                trace,
+                settled: false,
+            };
+            match sent.await {
+                Ok(res) => {
+                    doubt.settled = true;
+                    let (parts, body) = res.into_parts();
+                    let body = body.collect().await?.to_bytes();
+                    Ok(Response::from_parts(parts, body))
+                }
+                Err(e) => {
+                    doubt.settled = e.is_connect();
+                    Err(e.into())
+                }
+            }
+        })
+    }
+}
+
+/// Serves the last good answer to a GET when the call fails (stale-if-error).
+#[derive(Clone)]
+pub struct StaleCacheLayer {
+    entries: Arc<Mutex<HashMap<String, Bytes>>>,
+    capacity: usize,
+}
+
+impl StaleCacheLayer {
+    /// Holds at most `capacity` answers.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: Arc::new(Mutex::new(HashMap::new())),
+            capacity,
+        }
+    }
+}
+
+impl<S> Layer<S> for StaleCacheLayer {
+    type Service = StaleCache<S>;
+    fn layer(&self, inner: S) -> StaleCache<S> {
+        StaleCache {
+            inner,
+            cache: self.clone(),
+        }
+    }
+}
+
+/// The service of [`StaleCacheLayer`].
+#[derive(Clone)]
+pub struct StaleCache<S> {
+    inner: S,
+    cache: StaleCacheLayer,
+}
+
+impl<S> Service<OutRequest> for StaleCache<S>
+where
+    S: Service<OutRequest, Response = OutResponse, Error = Error>,
+    S::Future: Send + 'static,
+{
+    type Response = OutResponse;
+    type Error = Error;
+    type Future = BoxFuture<Result<OutResponse, Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: OutRequest) -> Self::Future {
+        if req.method() != Method::GET {
+            return Box::pin(self.inner.call(req));
+        }
+        let key = req
+            .uri()
+            .path_and_query()
+            .map_or_else(String::new, |p| p.as_str().to_owned());
+        let cache = self.cache.clone();
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let result = call.await;
+            match result {
+                Ok(res) if res.status().is_success() => {
+                    if let Ok(mut entries) = cache.entries.lock()
+                        && (entries.len() < cache.capacity || entries.contains_key(&key))
+                    {
+                        entries.insert(key, res.body().clone());
+                    }
+                    Ok(res)
+                }
+                other => {
+                    let stale = cache.entries.lock().ok().and_then(|e| e.get(&key).cloned());
+                    match stale {
+                        Some(body) => {
+                            let mut res = Response::new(body);
+                            res.headers_mut()
+                                .insert(STALE_HEADER, HeaderValue::from_static("1"));
+                            Ok(res)
+                        }
+                        None => other,
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// One downstream's policies in [`Mode::Palisade`].
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Each attempt's timeout.
+    pub per_try: Duration,
+    /// Attempts per call, the first included.
+    pub attempts: u32,
+    /// Whether a circuit breaker guards the downstream.
+    pub breaker: bool,
+    /// A bulkhead: (max concurrent, max queue, max wait).
+    pub bulkhead: Option<(u32, u32, Duration)>,
+    /// Whether GETs fall back to the last good answer.
+    pub stale_cache: bool,
+}
+
+/// How long an open breaker waits before probing.
+pub const BREAKER_OPEN_WAIT: Duration = Duration::from_secs(1);
+
+/// The policies for `downstream`.
+pub fn policy(downstream: &str) -> Policy {
+    let base = Policy {
+        per_try: Duration::from_millis(250),
+        attempts: 3,
+        breaker: true,
+        bulkhead: None,
+        stale_cache: false,
+    };
+    match downstream {
+        "catalog" => Policy {
+            per_try: Duration::from_millis(150),
+            stale_cache: true,
+            ..base
+        },
+        "customer" => Policy {
+            stale_cache: true,
+            ..base
+        },
+        "payment" => Policy {
+            per_try: Duration::from_millis(400),
+            bulkhead: Some((8, 8, Duration::from_millis(200))),
+            ..base
+        },
+        // The order saga retries its own steps; the gateway retries it only when no
+        // answer came, and a failed order says so with no-retry.
+        "order" => Policy {
+            // Longer than the chain may take: the request's deadline is the limit.
+            per_try: Duration::from_secs(5),
+            attempts: 2,
+            breaker: false,
+            bulkhead: Some((8, 8, Duration::from_millis(250))),
+            ..base
+        },
+        _ => base,
+    }
+}
+
+/// The client `caller` uses to call `downstream` (whose endpoints are `entry`) in
+/// `mode`.
+pub fn client(
+    caller: &'static str,
+    downstream: &'static str,
+    mode: Mode,
+    entry: Arc<Entry>,
+    http: HttpClient,
+) -> Result<Client, ConfigError> {
+    let endpoints = Endpoints {
+        http,
+        entry,
+        downstream,
+        next: Arc::new(AtomicUsize::new(0)),
+    };
+    let inner: Client = match mode {
+        Mode::Plain => BoxCloneSyncService::new(endpoints.map_err(Error::from_service)),
+        Mode::Palisade => {
+            let p = policy(downstream);
+            let deadline = OutboundDeadlineLayer::builder(downstream)
+                .margin(Duration::from_millis(5))
+                .min_remaining(Duration::from_millis(10))
+                .build()?;
+            let retry = RetryLayer::builder(downstream)
+                .max_attempts(p.attempts)
+                .backoff(Backoff {
+                    strategy: Strategy::FullJitter,
+                    base: Duration::from_millis(10),
+                    multiplier: 2.0,
+                    max: Duration::from_millis(100),
+                })
+                .budget(BudgetConfig {
+                    deposit_ratio: 0.5,
+                    min_retries_per_sec: 5,
+                    max_balance: 50,
+                })
+                .classify(HttpClassifier)
+                .protocol(HttpRetry::default())
+                .build()?;
+            let breaker = if p.breaker {
+                Some(
+                    CircuitBreakerLayer::builder(downstream)
+                        .classify(HttpClassifier)
+                        .count_window(40)
+                        .minimum_calls(8)
+                        .failure_rate_threshold(0.6)
+                        .wait_in_open(BREAKER_OPEN_WAIT)
+                        .wait_backoff(1.0, BREAKER_OPEN_WAIT)
+                        .wait_jitter(0.0)
+                        .half_open_probes(1)
+                        .half_open_successes(1)
+                        .build()?,
+                )
+            } else {
+                None
+            };
+            let bulkhead = p
+                .bulkhead
+                .map(|(concurrent, queue, wait)| {
+                    BulkheadLayer::builder(downstream)
+                        .max_concurrent(concurrent)
+                        .max_queue(queue)
+                        .max_wait(wait)
+                        .build()
+                })
+                .transpose()?;
+            let per_try = TimeoutLayer::new(downstream, p.per_try)?;
+            let cache = p.stale_cache.then(|| StaleCacheLayer::new(1024));
+            let tail = ServiceBuilder::new()
+                .option_layer(breaker)
+                .option_layer(bulkhead)
+                .layer(per_try)
+                .service(endpoints);
+            let tail = BoxCloneSyncService::new(tail);
+            BoxCloneSyncService::new(
+                ServiceBuilder::new()
+                    .layer(deadline)
+                    .option_layer(cache)
+                    .layer(retry)
+                    .service(tail),
+            )
+        }
+    };
+    let measured = tower::service_fn(move |req: OutRequest| {
+        let inner = inner.clone();
+        async move {
+            let started = Instant::now();
+            let method = req.method().clone();
+            let result = inner.oneshot(req).await;
+            crate::obs::record_client(
+                caller,
+                downstream,
+                &method,
+                result.as_ref().ok().map(|r| r.status()),
+                started,
+            );
+            result
+        }
+    });
+    Ok(BoxCloneSyncService::new(measured))
+}
+
+/// A GET of `path` (a path and query, without the address).
+pub fn get(path: &str) -> Result<OutRequest, BoxError> {
+    Ok(Request::get(path).body(Full::new(Bytes::new()))?)
+}
+
+/// A POST of `body` as JSON to `path`, with an idempotency key so it may be retried.
+pub fn post_json<T: serde::Serialize>(
+    path: &str,
+    body: &T,
+    idempotency_key: &str,
+) -> Result<OutRequest, BoxError> {
+    let json = serde_json::to_vec(body)?;
+    Ok(Request::post(path)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(
+            IDEMPOTENCY_KEY_HEADER,
+            HeaderValue::from_str(idempotency_key)?,
+        )
+        .body(Full::new(Bytes::from(json)))?)
+}
+
+/// Sends `req` through `client`.
+pub async fn send(client: &Client, req: OutRequest) -> Result<OutResponse, Error> {
+    client.clone().oneshot(req).await
+}
