@@ -35,6 +35,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub use palisade_balance as balance;
 pub use palisade_breaker as breaker;
 pub use palisade_core as core;
 pub use palisade_fallback as fallback;
