@@ -3,11 +3,12 @@
 //! [`client`] returns the stack a service uses to call one downstream, in either
 //! [`Mode`]:
 //!
-//! - [`Mode::Palisade`]: Palisade's layers in the canonical order
+//! - [`Mode::Palisade`]: a [`palisade::Downstream`] per downstream, its policies in
+//!   the canonical order
 //!   ```text
-//!   client metrics → outbound deadline → stale cache (GET, catalog and customer)
-//!     → retry (HTTP rules, budget) → circuit breaker → bulkhead (order, payment)
-//!     → per-try timeout → endpoint rotation → hyper
+//!   client metrics → downstream front (deadline) → stale cache (GET, catalog and
+//!     customer) → retry (HTTP rules, budget) → circuit breaker → bulkhead (order,
+//!     payment) → outbound deadline → per-try timeout → endpoint rotation → hyper
 //!   ```
 //! - [`Mode::Plain`]: client metrics → endpoint rotation → hyper: no timeout, no
 //!   retry, no breaker — what a service without resilience does.
@@ -35,15 +36,14 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use palisade::breaker::CircuitBreakerLayer;
-use palisade::limit::bulkhead::BulkheadLayer;
-use palisade::retry::http::{HttpRetry, IDEMPOTENCY_KEY_HEADER};
-use palisade::retry::{Backoff, BudgetConfig, RetryLayer, Strategy};
-use palisade::timeout::{OutboundDeadlineLayer, TimeoutLayer};
-use palisade::{BoxError, ConfigError, Error, HttpClassifier, Rejection, RejectionKind};
+use palisade::breaker::{BreakerConfig, WindowConfig};
+use palisade::limit::bulkhead::BulkheadConfig;
+use palisade::retry::http::IDEMPOTENCY_KEY_HEADER;
+use palisade::retry::{Backoff, BudgetConfig, RetryConfig, Strategy};
+use palisade::{BoxError, ConfigError, Downstream, Error, Rejection, RejectionKind};
 use tokio::time::Instant;
-use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower::util::{BoxCloneSyncService, option_layer};
+use tower::{Layer, Service, ServiceExt};
 
 use crate::registry::Entry;
 
@@ -360,71 +360,7 @@ pub fn client(
     };
     let inner: Client = match mode {
         Mode::Plain => BoxCloneSyncService::new(endpoints.map_err(Error::from_service)),
-        Mode::Palisade => {
-            let p = policy(downstream);
-            let deadline = OutboundDeadlineLayer::builder(downstream)
-                .margin(Duration::from_millis(5))
-                .min_remaining(Duration::from_millis(10))
-                .build()?;
-            let retry = RetryLayer::builder(downstream)
-                .max_attempts(p.attempts)
-                .backoff(Backoff {
-                    strategy: Strategy::FullJitter,
-                    base: Duration::from_millis(10),
-                    multiplier: 2.0,
-                    max: Duration::from_millis(100),
-                })
-                .budget(BudgetConfig {
-                    deposit_ratio: 0.5,
-                    min_retries_per_sec: 5,
-                    max_balance: 50,
-                })
-                .classify(HttpClassifier)
-                .protocol(HttpRetry::default())
-                .build()?;
-            let breaker = if p.breaker {
-                Some(
-                    CircuitBreakerLayer::builder(downstream)
-                        .classify(HttpClassifier)
-                        .count_window(40)
-                        .minimum_calls(8)
-                        .failure_rate_threshold(0.6)
-                        .wait_in_open(BREAKER_OPEN_WAIT)
-                        .wait_backoff(1.0, BREAKER_OPEN_WAIT)
-                        .wait_jitter(0.0)
-                        .half_open_probes(1)
-                        .half_open_successes(1)
-                        .build()?,
-                )
-            } else {
-                None
-            };
-            let bulkhead = p
-                .bulkhead
-                .map(|(concurrent, queue, wait)| {
-                    BulkheadLayer::builder(downstream)
-                        .max_concurrent(concurrent)
-                        .max_queue(queue)
-                        .max_wait(wait)
-                        .build()
-                })
-                .transpose()?;
-            let per_try = TimeoutLayer::new(downstream, p.per_try)?;
-            let cache = p.stale_cache.then(|| StaleCacheLayer::new(1024));
-            let tail = ServiceBuilder::new()
-                .option_layer(breaker)
-                .option_layer(bulkhead)
-                .layer(per_try)
-                .service(endpoints);
-            let tail = BoxCloneSyncService::new(tail);
-            BoxCloneSyncService::new(
-                ServiceBuilder::new()
-                    .layer(deadline)
-                    .option_layer(cache)
-                    .layer(retry)
-                    .service(tail),
-            )
-        }
+        Mode::Palisade => palisade_client(downstream, endpoints)?,
     };
     let measured = tower::service_fn(move |req: OutRequest| {
         let inner = inner.clone();
@@ -443,6 +379,91 @@ pub fn client(
         }
     });
     Ok(BoxCloneSyncService::new(measured))
+}
+
+/// The retry settings every downstream shares (attempts from its [`Policy`]).
+fn retry_config(attempts: u32) -> RetryConfig {
+    RetryConfig {
+        max_attempts: attempts,
+        backoff: Backoff {
+            strategy: Strategy::FullJitter,
+            base: Duration::from_millis(10),
+            multiplier: 2.0,
+            max: Duration::from_millis(100),
+        },
+        budget: BudgetConfig {
+            deposit_ratio: 0.5,
+            min_retries_per_sec: 5,
+            max_balance: 50,
+        },
+        max_retry_after: None,
+    }
+}
+
+/// The breaker settings every guarded downstream shares.
+fn breaker_config() -> BreakerConfig {
+    BreakerConfig {
+        window: WindowConfig::Count { size: 40 },
+        minimum_calls: 8,
+        failure_rate_threshold: 0.6,
+        wait_in_open: BREAKER_OPEN_WAIT,
+        wait_multiplier: 1.0,
+        max_wait_in_open: BREAKER_OPEN_WAIT,
+        wait_jitter: 0.0,
+        half_open_probes: 1,
+        half_open_successes: Some(1),
+        ..BreakerConfig::default()
+    }
+}
+
+/// `downstream`'s Palisade stack over `endpoint`: a [`Downstream`] with the
+/// downstream's [`Policy`].
+fn palisade_client<E>(downstream: &'static str, endpoint: E) -> Result<Client, ConfigError>
+where
+    E: Service<OutRequest, Response = OutResponse, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    E::Future: Send + 'static,
+{
+    let p = policy(downstream);
+    let base = Downstream::builder(downstream)
+        .http()
+        .deadline_margin(Duration::from_millis(5))
+        .min_remaining(Duration::from_millis(10))
+        .cache(option_layer(
+            p.stale_cache.then(|| StaleCacheLayer::new(1024)),
+        ))
+        .retry(retry_config(p.attempts));
+    let bulkhead = p
+        .bulkhead
+        .map(|(max_concurrent, max_queue, max_wait)| BulkheadConfig {
+            max_concurrent,
+            max_queue,
+            max_wait,
+        });
+    // The stack's type names its policies, so each combination is its own branch.
+    let client = match (p.breaker, bulkhead) {
+        (true, Some(bulkhead)) => base
+            .breaker(breaker_config())
+            .bulkhead(bulkhead)
+            .timeout(p.per_try)
+            .build()?
+            .boxed(endpoint),
+        (true, None) => base
+            .breaker(breaker_config())
+            .timeout(p.per_try)
+            .build()?
+            .boxed(endpoint),
+        (false, Some(bulkhead)) => base
+            .bulkhead(bulkhead)
+            .timeout(p.per_try)
+            .build()?
+            .boxed(endpoint),
+        (false, None) => base.timeout(p.per_try).build()?.boxed(endpoint),
+    };
+    Ok(client)
 }
 
 /// A GET of `path` (a path and query, without the address).
