@@ -8,13 +8,17 @@
 //!   ```text
 //!   client metrics → downstream front (deadline) → stale cache (GET, catalog and
 //!     customer) → retry (HTTP rules, budget) → circuit breaker → bulkhead (order,
-//!     payment) → outbound deadline → per-try timeout → endpoint rotation → hyper
+//!     payment) → outbound deadline → per-try timeout → balancer → hyper
 //!   ```
-//! - [`Mode::Plain`]: client metrics → endpoint rotation → hyper: no timeout, no
-//!   retry, no breaker — what a service without resilience does.
+//! - [`Mode::Plain`]: client metrics → round-robin over the registered replicas →
+//!   hyper: no timeout, no retry, no breaker, no ejection — what a service without
+//!   resilience does.
 //!
-//! Each attempt goes to the next replica in turn ([`Endpoints`]), so a retry after a
-//! failed replica tries another one.
+//! In [`Mode::Palisade`] the endpoint is a [`Balance`] over the replicas registered
+//! in the [`Registry`]: each attempt goes to the less loaded of two replicas, and a
+//! replica that keeps failing is ejected for a while, so a retry after a failed
+//! replica most likely tries another one. Every attempt is counted per downstream
+//! ([`Registry::attempts`]).
 //!
 //! Requests carry a path only (`/credit/reserve`); the endpoint layer fills in the
 //! address. A [`CallTrace`] in the request's extensions tells the caller afterwards
@@ -25,7 +29,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -36,16 +40,20 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use palisade::balance::Balance;
+use palisade::balance::http::SetAuthority;
 use palisade::breaker::{BreakerConfig, WindowConfig};
 use palisade::limit::bulkhead::BulkheadConfig;
 use palisade::retry::http::IDEMPOTENCY_KEY_HEADER;
 use palisade::retry::{Backoff, BudgetConfig, RetryConfig, Strategy};
-use palisade::{BoxError, ConfigError, Downstream, Error, Rejection, RejectionKind};
+use palisade::{
+    BoxError, ConfigError, Downstream, Error, HttpClassifier, Rejection, RejectionKind,
+};
 use tokio::time::Instant;
 use tower::util::{BoxCloneSyncService, option_layer};
 use tower::{Layer, Service, ServiceExt};
 
-use crate::registry::Entry;
+use crate::registry::Registry;
 
 /// With or without Palisade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -137,27 +145,25 @@ impl Drop for Doubt {
     }
 }
 
-/// The innermost layer: sends each attempt to the next endpoint in turn.
+/// One attempt to one replica (the request's address already set): counts it,
+/// sends it with hyper and reads the answer to the end.
 #[derive(Clone)]
-pub struct Endpoints {
+pub struct Attempt {
     http: HttpClient,
-    entry: Arc<Entry>,
-    downstream: &'static str,
-    next: Arc<AtomicUsize>,
+    attempts: Arc<AtomicU64>,
 }
 
-impl std::fmt::Debug for Endpoints {
+impl std::fmt::Debug for Attempt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoints")
-            .field("downstream", &self.downstream)
-            .field("endpoints", self.entry.endpoints())
-            .finish()
+        f.debug_struct("Attempt")
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
     }
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl Service<OutRequest> for Endpoints {
+impl Service<OutRequest> for Attempt {
     type Response = OutResponse;
     type Error = BoxError;
     type Future = BoxFuture<Result<OutResponse, BoxError>>;
@@ -166,20 +172,9 @@ impl Service<OutRequest> for Endpoints {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: OutRequest) -> Self::Future {
-        let endpoints = self.entry.endpoints();
-        if endpoints.is_empty() {
-            let rejection = Rejection::new(RejectionKind::NoEndpoints);
-            return Box::pin(async move { Err(BoxError::from(rejection)) });
-        }
-        let addr = endpoints[self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len()];
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        match format!("http://{addr}{path}").parse() {
-            Ok(uri) => *req.uri_mut() = uri,
-            Err(e) => return Box::pin(async move { Err(BoxError::from(e)) }),
-        }
+    fn call(&mut self, req: OutRequest) -> Self::Future {
         let trace = req.extensions().get::<CallTrace>().cloned();
-        self.entry.count_attempt();
+        self.attempts.fetch_add(1, Ordering::Relaxed);
         let sent = self.http.request(req);
         Box::pin(async move {
             let mut doubt = Doubt {
@@ -199,6 +194,47 @@ impl Service<OutRequest> for Endpoints {
                 }
             }
         })
+    }
+}
+
+/// [`Mode::Plain`]'s endpoint: each attempt to the next registered replica in turn.
+#[derive(Clone)]
+pub struct RoundRobin {
+    attempt: Attempt,
+    discovery: palisade::balance::discover::Registry,
+    downstream: &'static str,
+    next: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for RoundRobin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoundRobin")
+            .field("downstream", &self.downstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service<OutRequest> for RoundRobin {
+    type Response = OutResponse;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<OutResponse, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: OutRequest) -> Self::Future {
+        let endpoints = self.discovery.endpoints(self.downstream);
+        if endpoints.is_empty() {
+            let rejection = Rejection::new(RejectionKind::NoEndpoints);
+            return Box::pin(async move { Err(BoxError::from(rejection)) });
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
+        let Some(&addr) = endpoints.iter().nth(i) else {
+            let rejection = Rejection::new(RejectionKind::NoEndpoints);
+            return Box::pin(async move { Err(BoxError::from(rejection)) });
+        };
+        SetAuthority::new(self.attempt.clone(), addr).call(req)
     }
 }
 
@@ -343,24 +379,38 @@ pub fn policy(downstream: &str) -> Policy {
     }
 }
 
-/// The client `caller` uses to call `downstream` (whose endpoints are `entry`) in
-/// `mode`.
+/// The client `caller` uses to call `downstream` (whose replicas are registered in
+/// `registry`) in `mode`.
 pub fn client(
     caller: &'static str,
     downstream: &'static str,
     mode: Mode,
-    entry: Arc<Entry>,
+    registry: &Registry,
     http: HttpClient,
-) -> Result<Client, ConfigError> {
-    let endpoints = Endpoints {
+) -> Result<Client, BoxError> {
+    let attempt = Attempt {
         http,
-        entry,
-        downstream,
-        next: Arc::new(AtomicUsize::new(0)),
+        attempts: registry.attempt_counter(downstream),
     };
     let inner: Client = match mode {
-        Mode::Plain => BoxCloneSyncService::new(endpoints.map_err(Error::from_service)),
-        Mode::Palisade => palisade_client(downstream, endpoints)?,
+        Mode::Plain => BoxCloneSyncService::new(
+            RoundRobin {
+                attempt,
+                discovery: registry.discovery().clone(),
+                downstream,
+                next: Arc::new(AtomicUsize::new(0)),
+            }
+            .map_err(Error::from_service),
+        ),
+        Mode::Palisade => {
+            let balance = Balance::builder(downstream)
+                .classify(HttpClassifier)
+                .build(
+                    registry.discovery().watch(downstream)?,
+                    SetAuthority::maker(attempt),
+                )?;
+            palisade_client(downstream, balance)?
+        }
     };
     let measured = tower::service_fn(move |req: OutRequest| {
         let inner = inner.clone();
@@ -420,11 +470,7 @@ fn breaker_config() -> BreakerConfig {
 /// downstream's [`Policy`].
 fn palisade_client<E>(downstream: &'static str, endpoint: E) -> Result<Client, ConfigError>
 where
-    E: Service<OutRequest, Response = OutResponse, Error = BoxError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    E: Service<OutRequest, Response = OutResponse, Error = Error> + Clone + Send + Sync + 'static,
     E::Future: Send + 'static,
 {
     let p = policy(downstream);
