@@ -6,8 +6,8 @@
 //! - [`Mode::Palisade`]: a [`palisade::Downstream`] per downstream, its policies in
 //!   the canonical order
 //!   ```text
-//!   client metrics → downstream front (deadline) → stale cache (GET, catalog and
-//!     customer) → retry (HTTP rules, budget) → circuit breaker → bulkhead (order,
+//!   client metrics → downstream front (deadline) → stale-if-error cache (GET,
+//!     catalog and customer) → retry (HTTP rules, budget) → circuit breaker → bulkhead (order,
 //!     payment) → outbound deadline → per-try timeout → balancer → hyper
 //!   ```
 //! - [`Mode::Plain`]: client metrics → round-robin over the registered replicas →
@@ -26,16 +26,15 @@
 //! (sent, then timed out or cut off): only then can the call have had an effect the
 //! caller does not know about.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -43,6 +42,8 @@ use hyper_util::rt::TokioExecutor;
 use palisade::balance::Balance;
 use palisade::balance::http::SetAuthority;
 use palisade::breaker::{BreakerConfig, WindowConfig};
+use palisade::fallback::http::CACHE_HEADER;
+use palisade::fallback::{CacheConfig, CacheLayer, CachedBody};
 use palisade::limit::bulkhead::BulkheadConfig;
 use palisade::retry::http::IDEMPOTENCY_KEY_HEADER;
 use palisade::retry::{Backoff, BudgetConfig, RetryConfig, Strategy};
@@ -50,7 +51,7 @@ use palisade::{
     BoxError, ConfigError, Downstream, Error, HttpClassifier, Rejection, RejectionKind,
 };
 use tokio::time::Instant;
-use tower::util::{BoxCloneSyncService, option_layer};
+use tower::util::{BoxCloneSyncService, Either, MapResponseLayer};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::registry::Registry;
@@ -97,8 +98,21 @@ pub type Client = BoxCloneSyncService<OutRequest, OutResponse, Error>;
 /// The shared hyper client (one connection pool per process).
 pub type HttpClient = HyperClient<HttpConnector, Full<Bytes>>;
 
-/// The response header marking an answer served from the stale cache.
-pub const STALE_HEADER: &str = "x-demo-stale";
+/// An attempt's response: the body read to the end.
+pub type AttemptResponse = Response<Full<Bytes>>;
+/// A Palisade stack's response: from the cache or from an attempt.
+type StackResponse = Response<CachedBody<Full<Bytes>>>;
+
+/// How long after the last good answer the cache may still serve it when the
+/// downstream fails.
+pub const MAX_STALE: Duration = Duration::from_secs(600);
+
+/// Whether `res` was served from the cache, stale, because the downstream failed.
+pub fn is_stale(res: &OutResponse) -> bool {
+    res.headers()
+        .get(CACHE_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"stale")
+}
 
 /// A new hyper client with a connection pool.
 pub fn http_client() -> HttpClient {
@@ -164,9 +178,9 @@ impl std::fmt::Debug for Attempt {
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl Service<OutRequest> for Attempt {
-    type Response = OutResponse;
+    type Response = AttemptResponse;
     type Error = BoxError;
-    type Future = BoxFuture<Result<OutResponse, BoxError>>;
+    type Future = BoxFuture<Result<AttemptResponse, BoxError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
@@ -186,7 +200,7 @@ impl Service<OutRequest> for Attempt {
                     doubt.settled = true;
                     let (parts, body) = res.into_parts();
                     let body = body.collect().await?.to_bytes();
-                    Ok(Response::from_parts(parts, body))
+                    Ok(Response::from_parts(parts, Full::new(body)))
                 }
                 Err(e) => {
                     doubt.settled = e.is_connect();
@@ -215,9 +229,9 @@ impl std::fmt::Debug for RoundRobin {
 }
 
 impl Service<OutRequest> for RoundRobin {
-    type Response = OutResponse;
+    type Response = AttemptResponse;
     type Error = BoxError;
-    type Future = BoxFuture<Result<OutResponse, BoxError>>;
+    type Future = BoxFuture<Result<AttemptResponse, BoxError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
@@ -235,91 +249,6 @@ impl Service<OutRequest> for RoundRobin {
             return Box::pin(async move { Err(BoxError::from(rejection)) });
         };
         SetAuthority::new(self.attempt.clone(), addr).call(req)
-    }
-}
-
-/// Serves the last good answer to a GET when the call fails (stale-if-error).
-#[derive(Clone)]
-pub struct StaleCacheLayer {
-    entries: Arc<Mutex<HashMap<String, Bytes>>>,
-    capacity: usize,
-}
-
-impl StaleCacheLayer {
-    /// Holds at most `capacity` answers.
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            entries: Arc::new(Mutex::new(HashMap::new())),
-            capacity,
-        }
-    }
-}
-
-impl<S> Layer<S> for StaleCacheLayer {
-    type Service = StaleCache<S>;
-    fn layer(&self, inner: S) -> StaleCache<S> {
-        StaleCache {
-            inner,
-            cache: self.clone(),
-        }
-    }
-}
-
-/// The service of [`StaleCacheLayer`].
-#[derive(Clone)]
-pub struct StaleCache<S> {
-    inner: S,
-    cache: StaleCacheLayer,
-}
-
-impl<S> Service<OutRequest> for StaleCache<S>
-where
-    S: Service<OutRequest, Response = OutResponse, Error = Error>,
-    S::Future: Send + 'static,
-{
-    type Response = OutResponse;
-    type Error = Error;
-    type Future = BoxFuture<Result<OutResponse, Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: OutRequest) -> Self::Future {
-        if req.method() != Method::GET {
-            return Box::pin(self.inner.call(req));
-        }
-        let key = req
-            .uri()
-            .path_and_query()
-            .map_or_else(String::new, |p| p.as_str().to_owned());
-        let cache = self.cache.clone();
-        let call = self.inner.call(req);
-        Box::pin(async move {
-            let result = call.await;
-            match result {
-                Ok(res) if res.status().is_success() => {
-                    if let Ok(mut entries) = cache.entries.lock()
-                        && (entries.len() < cache.capacity || entries.contains_key(&key))
-                    {
-                        entries.insert(key, res.body().clone());
-                    }
-                    Ok(res)
-                }
-                other => {
-                    let stale = cache.entries.lock().ok().and_then(|e| e.get(&key).cloned());
-                    match stale {
-                        Some(body) => {
-                            let mut res = Response::new(body);
-                            res.headers_mut()
-                                .insert(STALE_HEADER, HeaderValue::from_static("1"));
-                            Ok(res)
-                        }
-                        None => other,
-                    }
-                }
-            }
-        })
     }
 }
 
@@ -393,7 +322,7 @@ pub fn client(
         attempts: registry.attempt_counter(downstream),
     };
     let inner: Client = match mode {
-        Mode::Plain => BoxCloneSyncService::new(
+        Mode::Plain => collect_bodies(
             RoundRobin {
                 attempt,
                 discovery: registry.discovery().clone(),
@@ -409,7 +338,7 @@ pub fn client(
                     registry.discovery().watch(downstream)?,
                     SetAuthority::maker(attempt),
                 )?;
-            palisade_client(downstream, balance)?
+            collect_bodies(palisade_client(downstream, balance)?)
         }
     };
     let measured = tower::service_fn(move |req: OutRequest| {
@@ -450,6 +379,39 @@ fn retry_config(attempts: u32) -> RetryConfig {
     }
 }
 
+/// The cache of catalog and customer GETs: every call goes to the downstream, and
+/// its last good answer is served (marked stale) only when the call fails.
+fn stale_if_error() -> CacheConfig {
+    CacheConfig {
+        fresh_ttl: Duration::ZERO,
+        max_stale: MAX_STALE,
+        serve_fresh: false,
+        max_weight_bytes: 4 * 1024 * 1024,
+        max_body_bytes: 256 * 1024,
+        ..CacheConfig::default()
+    }
+}
+
+/// Reads each response's body to the end.
+fn collect_bodies<S, B>(inner: S) -> Client
+where
+    S: Service<OutRequest, Response = Response<B>, Error = Error> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError> + 'static,
+{
+    BoxCloneSyncService::new(inner.and_then(|res: Response<B>| async move {
+        let (parts, body) = res.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(Error::from_service)?
+            .to_bytes();
+        Ok(Response::from_parts(parts, body))
+    }))
+}
+
 /// The breaker settings every guarded downstream shares.
 fn breaker_config() -> BreakerConfig {
     BreakerConfig {
@@ -468,19 +430,32 @@ fn breaker_config() -> BreakerConfig {
 
 /// `downstream`'s Palisade stack over `endpoint`: a [`Downstream`] with the
 /// downstream's [`Policy`].
-fn palisade_client<E>(downstream: &'static str, endpoint: E) -> Result<Client, ConfigError>
+fn palisade_client<E>(
+    downstream: &'static str,
+    endpoint: E,
+) -> Result<BoxCloneSyncService<OutRequest, StackResponse, Error>, ConfigError>
 where
-    E: Service<OutRequest, Response = OutResponse, Error = Error> + Clone + Send + Sync + 'static,
+    E: Service<OutRequest, Response = AttemptResponse, Error = Error>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     E::Future: Send + 'static,
 {
     let p = policy(downstream);
+    // Without a cache the answer is passed on as it came, in the cache's body type.
+    let cache = if p.stale_cache {
+        Either::Left(CacheLayer::http(downstream, stale_if_error())?)
+    } else {
+        let pass: fn(AttemptResponse) -> StackResponse =
+            |res| res.map(|body| CachedBody::Stream { body });
+        Either::Right(MapResponseLayer::new(pass))
+    };
     let base = Downstream::builder(downstream)
         .http()
         .deadline_margin(Duration::from_millis(5))
         .min_remaining(Duration::from_millis(10))
-        .cache(option_layer(
-            p.stale_cache.then(|| StaleCacheLayer::new(1024)),
-        ))
+        .cache(cache)
         .retry(retry_config(p.attempts));
     let bulkhead = p
         .bulkhead
@@ -490,24 +465,28 @@ where
             max_wait,
         });
     // The stack's type names its policies, so each combination is its own branch.
+    // (`Downstream::boxed` keeps the endpoint's response type; the cache changes it.)
     let client = match (p.breaker, bulkhead) {
-        (true, Some(bulkhead)) => base
-            .breaker(breaker_config())
-            .bulkhead(bulkhead)
-            .timeout(p.per_try)
-            .build()?
-            .boxed(endpoint),
-        (true, None) => base
-            .breaker(breaker_config())
-            .timeout(p.per_try)
-            .build()?
-            .boxed(endpoint),
-        (false, Some(bulkhead)) => base
-            .bulkhead(bulkhead)
-            .timeout(p.per_try)
-            .build()?
-            .boxed(endpoint),
-        (false, None) => base.timeout(p.per_try).build()?.boxed(endpoint),
+        (true, Some(bulkhead)) => BoxCloneSyncService::new(
+            base.breaker(breaker_config())
+                .bulkhead(bulkhead)
+                .timeout(p.per_try)
+                .build()?
+                .layer(endpoint),
+        ),
+        (true, None) => BoxCloneSyncService::new(
+            base.breaker(breaker_config())
+                .timeout(p.per_try)
+                .build()?
+                .layer(endpoint),
+        ),
+        (false, Some(bulkhead)) => BoxCloneSyncService::new(
+            base.bulkhead(bulkhead)
+                .timeout(p.per_try)
+                .build()?
+                .layer(endpoint),
+        ),
+        (false, None) => BoxCloneSyncService::new(base.timeout(p.per_try).build()?.layer(endpoint)),
     };
     Ok(client)
 }
