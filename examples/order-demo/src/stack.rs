@@ -7,8 +7,9 @@
 //!   the canonical order
 //!   ```text
 //!   client metrics → downstream front (deadline) → stale-if-error cache (GET,
-//!     catalog and customer) → retry (HTTP rules, budget) → circuit breaker → bulkhead (order,
-//!     payment) → outbound deadline → per-try timeout → balancer → hyper
+//!     catalog and customer) → retry (HTTP rules, budget) → circuit breaker
+//!     → bulkhead (order, payment) → outbound deadline → per-try timeout
+//!     → balancer → hyper
 //!   ```
 //! - [`Mode::Plain`]: client metrics → round-robin over the registered replicas →
 //!   hyper: no timeout, no retry, no breaker, no ejection — what a service without
