@@ -24,10 +24,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use http::StatusCode;
-use palisade::{ConfigError, Error};
-pub use palisade_fault::{
+pub use palisade::fault::{
     AbortFault, AbortKind, ErrorFault, FaultConfig, FaultHandle, FaultLayer, LatencyFault,
 };
+use palisade::{ConfigError, Error};
 
 use crate::server::{AbortConnection, Peer};
 

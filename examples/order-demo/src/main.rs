@@ -185,26 +185,23 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
             )
         })?;
     order_demo::obs::install();
-    let mut registry = Registry::new();
+    let registry = Registry::new();
+    let mut registrations = Vec::new();
     for spec in &args.endpoints {
         let (name, addrs) = Registry::parse_endpoint(spec)?;
-        registry.insert(&name, addrs);
+        registrations.extend(addrs.into_iter().map(|addr| registry.register(&name, addr)));
     }
     std::fs::create_dir_all(&args.data_dir)?;
     let http = stack::http_client();
     let shutdown = CancellationToken::new();
     let mode = args.mode;
     let client = |downstream: &'static str| -> Result<stack::Client, BoxError> {
-        let entry = registry.get(downstream).map_err(|_| {
-            format!("{service} calls {downstream}: pass --endpoint {downstream}=ADDR")
-        })?;
-        Ok(stack::client(
-            service,
-            downstream,
-            mode,
-            entry,
-            http.clone(),
-        )?)
+        if registry.endpoints(downstream).is_empty() {
+            return Err(
+                format!("{service} calls {downstream}: pass --endpoint {downstream}=ADDR").into(),
+            );
+        }
+        stack::client(service, downstream, mode, &registry, http.clone())
     };
     let dir = args.data_dir.as_path();
     let business = match service {

@@ -1,46 +1,23 @@
-//! Discovery for the all-in-one mode: a map of service name → endpoints, built at
-//! startup, and a count of the calls sent to each service.
+//! Discovery: Palisade's in-process [`discover::Registry`] (each replica registers
+//! its address under its service's name and stays registered while it holds the
+//! [`Registration`]), and a count of the attempts sent toward each service.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-/// One service's entry: its endpoints (one per replica) and the attempts sent to it.
-#[derive(Debug)]
-pub struct Entry {
-    endpoints: Arc<[SocketAddr]>,
-    attempts: AtomicU64,
-}
+use palisade::balance::discover::{self, Registration};
 
-impl Entry {
-    /// The endpoints, one per replica.
-    pub fn endpoints(&self) -> &Arc<[SocketAddr]> {
-        &self.endpoints
-    }
-
-    /// Calls sent toward this service so far (every attempt that left a client,
-    /// including those whose connection was refused).
-    pub fn attempts(&self) -> u64 {
-        self.attempts.load(Ordering::Relaxed)
-    }
-
-    /// Counts one attempt.
-    pub fn count_attempt(&self) {
-        self.attempts.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Service name → endpoints, fixed at startup.
+/// Service name → registered replicas, and the attempts sent toward each service.
+///
+/// The attempt counters are keyed by service name: one per service the system
+/// knows, so the map stays as small as the system.
 #[derive(Debug, Default)]
 pub struct Registry {
-    entries: HashMap<String, Arc<Entry>>,
+    discovery: discover::Registry,
+    attempts: Mutex<HashMap<String, Arc<AtomicU64>>>,
 }
-
-/// A name the registry does not know.
-#[derive(Debug, thiserror::Error)]
-#[error("no endpoints registered for {0:?}")]
-pub struct UnknownService(pub String);
 
 impl Registry {
     /// An empty registry.
@@ -48,28 +25,33 @@ impl Registry {
         Self::default()
     }
 
-    /// Registers `name` with `endpoints`, replacing an earlier registration.
-    pub fn insert(&mut self, name: &str, endpoints: Vec<SocketAddr>) {
-        self.entries.insert(
-            name.to_owned(),
-            Arc::new(Entry {
-                endpoints: endpoints.into(),
-                attempts: AtomicU64::new(0),
-            }),
-        );
+    /// The discovery side, for balancers to watch.
+    pub fn discovery(&self) -> &discover::Registry {
+        &self.discovery
     }
 
-    /// The entry for `name`.
-    pub fn get(&self, name: &str) -> Result<Arc<Entry>, UnknownService> {
-        self.entries
-            .get(name)
-            .cloned()
-            .ok_or_else(|| UnknownService(name.to_owned()))
+    /// Registers `addr` as a replica of `name` until the guard is dropped.
+    #[must_use = "the replica is deregistered when the guard is dropped"]
+    pub fn register(&self, name: &str, addr: SocketAddr) -> Registration {
+        self.discovery.register(name, addr)
     }
 
-    /// Attempts sent toward `name` so far (0 for an unknown name).
+    /// The addresses registered under `name` now.
+    pub fn endpoints(&self, name: &str) -> Vec<SocketAddr> {
+        self.discovery.endpoints(name).into_iter().collect()
+    }
+
+    /// The counter of attempts sent toward `name` (every attempt that left a
+    /// client, including those whose connection was refused).
+    pub fn attempt_counter(&self, name: &str) -> Arc<AtomicU64> {
+        let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(attempts.entry(name.to_owned()).or_default())
+    }
+
+    /// Attempts sent toward `name` so far (0 for a name nobody calls).
     pub fn attempts(&self, name: &str) -> u64 {
-        self.entries.get(name).map_or(0, |e| e.attempts())
+        let attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        attempts.get(name).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Parses `name=addr[,addr...]` (the `--endpoint` flag).
@@ -89,5 +71,36 @@ impl Registry {
             return Err(format!("endpoint {spec:?}: empty service name"));
         }
         Ok((name.to_owned(), addrs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_is_listed_while_registered_and_attempts_are_counted_per_service() {
+        let registry = Registry::new();
+        let addr: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let guard = registry.register("inventory", addr);
+        assert_eq!(registry.endpoints("inventory"), vec![addr]);
+        registry
+            .attempt_counter("inventory")
+            .fetch_add(2, Ordering::Relaxed);
+        assert_eq!(registry.attempts("inventory"), 2);
+        assert_eq!(registry.attempts("payment"), 0);
+        drop(guard);
+        assert!(registry.endpoints("inventory").is_empty());
+    }
+
+    #[test]
+    fn a_bad_endpoint_flag_names_the_problem() {
+        let err = Registry::parse_endpoint("inventory").unwrap_err();
+        assert!(err.contains("expected NAME=ADDR"), "{err}");
+        let err = Registry::parse_endpoint("inventory=nope").unwrap_err();
+        assert!(err.contains("address \"nope\""), "{err}");
+        let (name, addrs) = Registry::parse_endpoint("inventory=127.0.0.1:1,127.0.0.1:2").unwrap();
+        assert_eq!(name, "inventory");
+        assert_eq!(addrs.len(), 2);
     }
 }

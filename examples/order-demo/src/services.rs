@@ -529,7 +529,7 @@ async fn fetch_json(client: &Client, path: &str) -> (Option<serde_json::Value>, 
     };
     match stack::send(client, req).await {
         Ok(res) if res.status().is_success() => {
-            let stale = res.headers().contains_key(stack::STALE_HEADER);
+            let stale = stack::is_stale(&res);
             (serde_json::from_slice(res.body()).ok(), stale)
         }
         _ => (None, false),

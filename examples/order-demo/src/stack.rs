@@ -3,17 +3,23 @@
 //! [`client`] returns the stack a service uses to call one downstream, in either
 //! [`Mode`]:
 //!
-//! - [`Mode::Palisade`]: Palisade's layers in the canonical order
+//! - [`Mode::Palisade`]: a [`palisade::Downstream`] per downstream, its policies in
+//!   the canonical order
 //!   ```text
-//!   client metrics → outbound deadline → stale cache (GET, catalog and customer)
-//!     → retry (HTTP rules, budget) → circuit breaker → bulkhead (order, payment)
-//!     → per-try timeout → endpoint rotation → hyper
+//!   client metrics → downstream front (deadline) → stale-if-error cache (GET,
+//!     catalog and customer) → retry (HTTP rules, budget) → circuit breaker
+//!     → bulkhead (order, payment) → outbound deadline → per-try timeout
+//!     → balancer → hyper
 //!   ```
-//! - [`Mode::Plain`]: client metrics → endpoint rotation → hyper: no timeout, no
-//!   retry, no breaker — what a service without resilience does.
+//! - [`Mode::Plain`]: client metrics → round-robin over the registered replicas →
+//!   hyper: no timeout, no retry, no breaker, no ejection — what a service without
+//!   resilience does.
 //!
-//! Each attempt goes to the next replica in turn ([`Endpoints`]), so a retry after a
-//! failed replica tries another one.
+//! In [`Mode::Palisade`] the endpoint is a [`Balance`] over the replicas registered
+//! in the [`Registry`]: each attempt goes to the less loaded of two replicas, and a
+//! replica that keeps failing is ejected for a while, so a retry after a failed
+//! replica most likely tries another one. Every attempt is counted per downstream
+//! ([`Registry::attempts`]).
 //!
 //! Requests carry a path only (`/credit/reserve`); the endpoint layer fills in the
 //! address. A [`CallTrace`] in the request's extensions tells the caller afterwards
@@ -21,31 +27,35 @@
 //! (sent, then timed out or cut off): only then can the call have had an effect the
 //! caller does not know about.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use palisade::breaker::CircuitBreakerLayer;
-use palisade::limit::bulkhead::BulkheadLayer;
-use palisade::retry::http::{HttpRetry, IDEMPOTENCY_KEY_HEADER};
-use palisade::retry::{Backoff, BudgetConfig, RetryLayer, Strategy};
-use palisade::timeout::{OutboundDeadlineLayer, TimeoutLayer};
-use palisade::{BoxError, ConfigError, Error, HttpClassifier, Rejection, RejectionKind};
+use palisade::balance::Balance;
+use palisade::balance::http::SetAuthority;
+use palisade::breaker::{BreakerConfig, WindowConfig};
+use palisade::fallback::http::CACHE_HEADER;
+use palisade::fallback::{CacheConfig, CacheLayer, CachedBody};
+use palisade::limit::bulkhead::BulkheadConfig;
+use palisade::retry::http::IDEMPOTENCY_KEY_HEADER;
+use palisade::retry::{Backoff, BudgetConfig, RetryConfig, Strategy};
+use palisade::{
+    BoxError, ConfigError, Downstream, Error, HttpClassifier, Rejection, RejectionKind,
+};
 use tokio::time::Instant;
-use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower::util::{BoxCloneSyncService, Either, MapResponseLayer};
+use tower::{Layer, Service, ServiceExt};
 
-use crate::registry::Entry;
+use crate::registry::Registry;
 
 /// With or without Palisade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,8 +99,21 @@ pub type Client = BoxCloneSyncService<OutRequest, OutResponse, Error>;
 /// The shared hyper client (one connection pool per process).
 pub type HttpClient = HyperClient<HttpConnector, Full<Bytes>>;
 
-/// The response header marking an answer served from the stale cache.
-pub const STALE_HEADER: &str = "x-demo-stale";
+/// An attempt's response: the body read to the end.
+pub type AttemptResponse = Response<Full<Bytes>>;
+/// A Palisade stack's response: from the cache or from an attempt.
+type StackResponse = Response<CachedBody<Full<Bytes>>>;
+
+/// How long after the last good answer the cache may still serve it when the
+/// downstream fails.
+pub const MAX_STALE: Duration = Duration::from_secs(600);
+
+/// Whether `res` was served from the cache, stale, because the downstream failed.
+pub fn is_stale(res: &OutResponse) -> bool {
+    res.headers()
+        .get(CACHE_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"stale")
+}
 
 /// A new hyper client with a connection pool.
 pub fn http_client() -> HttpClient {
@@ -137,49 +160,36 @@ impl Drop for Doubt {
     }
 }
 
-/// The innermost layer: sends each attempt to the next endpoint in turn.
+/// One attempt to one replica (the request's address already set): counts it,
+/// sends it with hyper and reads the answer to the end.
 #[derive(Clone)]
-pub struct Endpoints {
+pub struct Attempt {
     http: HttpClient,
-    entry: Arc<Entry>,
-    downstream: &'static str,
-    next: Arc<AtomicUsize>,
+    attempts: Arc<AtomicU64>,
 }
 
-impl std::fmt::Debug for Endpoints {
+impl std::fmt::Debug for Attempt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoints")
-            .field("downstream", &self.downstream)
-            .field("endpoints", self.entry.endpoints())
-            .finish()
+        f.debug_struct("Attempt")
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
     }
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl Service<OutRequest> for Endpoints {
-    type Response = OutResponse;
+impl Service<OutRequest> for Attempt {
+    type Response = AttemptResponse;
     type Error = BoxError;
-    type Future = BoxFuture<Result<OutResponse, BoxError>>;
+    type Future = BoxFuture<Result<AttemptResponse, BoxError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: OutRequest) -> Self::Future {
-        let endpoints = self.entry.endpoints();
-        if endpoints.is_empty() {
-            let rejection = Rejection::new(RejectionKind::NoEndpoints);
-            return Box::pin(async move { Err(BoxError::from(rejection)) });
-        }
-        let addr = endpoints[self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len()];
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        match format!("http://{addr}{path}").parse() {
-            Ok(uri) => *req.uri_mut() = uri,
-            Err(e) => return Box::pin(async move { Err(BoxError::from(e)) }),
-        }
+    fn call(&mut self, req: OutRequest) -> Self::Future {
         let trace = req.extensions().get::<CallTrace>().cloned();
-        self.entry.count_attempt();
+        self.attempts.fetch_add(1, Ordering::Relaxed);
         let sent = self.http.request(req);
         Box::pin(async move {
             let mut doubt = Doubt {
@@ -191,7 +201,7 @@ impl Service<OutRequest> for Endpoints {
                     doubt.settled = true;
                     let (parts, body) = res.into_parts();
                     let body = body.collect().await?.to_bytes();
-                    Ok(Response::from_parts(parts, body))
+                    Ok(Response::from_parts(parts, Full::new(body)))
                 }
                 Err(e) => {
                     doubt.settled = e.is_connect();
@@ -202,88 +212,44 @@ impl Service<OutRequest> for Endpoints {
     }
 }
 
-/// Serves the last good answer to a GET when the call fails (stale-if-error).
+/// [`Mode::Plain`]'s endpoint: each attempt to the next registered replica in turn.
 #[derive(Clone)]
-pub struct StaleCacheLayer {
-    entries: Arc<Mutex<HashMap<String, Bytes>>>,
-    capacity: usize,
+pub struct RoundRobin {
+    attempt: Attempt,
+    discovery: palisade::balance::discover::Registry,
+    downstream: &'static str,
+    next: Arc<AtomicUsize>,
 }
 
-impl StaleCacheLayer {
-    /// Holds at most `capacity` answers.
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            entries: Arc::new(Mutex::new(HashMap::new())),
-            capacity,
-        }
+impl std::fmt::Debug for RoundRobin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoundRobin")
+            .field("downstream", &self.downstream)
+            .finish_non_exhaustive()
     }
 }
 
-impl<S> Layer<S> for StaleCacheLayer {
-    type Service = StaleCache<S>;
-    fn layer(&self, inner: S) -> StaleCache<S> {
-        StaleCache {
-            inner,
-            cache: self.clone(),
-        }
-    }
-}
+impl Service<OutRequest> for RoundRobin {
+    type Response = AttemptResponse;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<AttemptResponse, BoxError>>;
 
-/// The service of [`StaleCacheLayer`].
-#[derive(Clone)]
-pub struct StaleCache<S> {
-    inner: S,
-    cache: StaleCacheLayer,
-}
-
-impl<S> Service<OutRequest> for StaleCache<S>
-where
-    S: Service<OutRequest, Response = OutResponse, Error = Error>,
-    S::Future: Send + 'static,
-{
-    type Response = OutResponse;
-    type Error = Error;
-    type Future = BoxFuture<Result<OutResponse, Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: OutRequest) -> Self::Future {
-        if req.method() != Method::GET {
-            return Box::pin(self.inner.call(req));
+        let endpoints = self.discovery.endpoints(self.downstream);
+        if endpoints.is_empty() {
+            let rejection = Rejection::new(RejectionKind::NoEndpoints);
+            return Box::pin(async move { Err(BoxError::from(rejection)) });
         }
-        let key = req
-            .uri()
-            .path_and_query()
-            .map_or_else(String::new, |p| p.as_str().to_owned());
-        let cache = self.cache.clone();
-        let call = self.inner.call(req);
-        Box::pin(async move {
-            let result = call.await;
-            match result {
-                Ok(res) if res.status().is_success() => {
-                    if let Ok(mut entries) = cache.entries.lock()
-                        && (entries.len() < cache.capacity || entries.contains_key(&key))
-                    {
-                        entries.insert(key, res.body().clone());
-                    }
-                    Ok(res)
-                }
-                other => {
-                    let stale = cache.entries.lock().ok().and_then(|e| e.get(&key).cloned());
-                    match stale {
-                        Some(body) => {
-                            let mut res = Response::new(body);
-                            res.headers_mut()
-                                .insert(STALE_HEADER, HeaderValue::from_static("1"));
-                            Ok(res)
-                        }
-                        None => other,
-                    }
-                }
-            }
-        })
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
+        let Some(&addr) = endpoints.iter().nth(i) else {
+            let rejection = Rejection::new(RejectionKind::NoEndpoints);
+            return Box::pin(async move { Err(BoxError::from(rejection)) });
+        };
+        SetAuthority::new(self.attempt.clone(), addr).call(req)
     }
 }
 
@@ -343,87 +309,37 @@ pub fn policy(downstream: &str) -> Policy {
     }
 }
 
-/// The client `caller` uses to call `downstream` (whose endpoints are `entry`) in
-/// `mode`.
+/// The client `caller` uses to call `downstream` (whose replicas are registered in
+/// `registry`) in `mode`.
 pub fn client(
     caller: &'static str,
     downstream: &'static str,
     mode: Mode,
-    entry: Arc<Entry>,
+    registry: &Registry,
     http: HttpClient,
-) -> Result<Client, ConfigError> {
-    let endpoints = Endpoints {
+) -> Result<Client, BoxError> {
+    let attempt = Attempt {
         http,
-        entry,
-        downstream,
-        next: Arc::new(AtomicUsize::new(0)),
+        attempts: registry.attempt_counter(downstream),
     };
     let inner: Client = match mode {
-        Mode::Plain => BoxCloneSyncService::new(endpoints.map_err(Error::from_service)),
+        Mode::Plain => collect_bodies(
+            RoundRobin {
+                attempt,
+                discovery: registry.discovery().clone(),
+                downstream,
+                next: Arc::new(AtomicUsize::new(0)),
+            }
+            .map_err(Error::from_service),
+        ),
         Mode::Palisade => {
-            let p = policy(downstream);
-            let deadline = OutboundDeadlineLayer::builder(downstream)
-                .margin(Duration::from_millis(5))
-                .min_remaining(Duration::from_millis(10))
-                .build()?;
-            let retry = RetryLayer::builder(downstream)
-                .max_attempts(p.attempts)
-                .backoff(Backoff {
-                    strategy: Strategy::FullJitter,
-                    base: Duration::from_millis(10),
-                    multiplier: 2.0,
-                    max: Duration::from_millis(100),
-                })
-                .budget(BudgetConfig {
-                    deposit_ratio: 0.5,
-                    min_retries_per_sec: 5,
-                    max_balance: 50,
-                })
+            let balance = Balance::builder(downstream)
                 .classify(HttpClassifier)
-                .protocol(HttpRetry::default())
-                .build()?;
-            let breaker = if p.breaker {
-                Some(
-                    CircuitBreakerLayer::builder(downstream)
-                        .classify(HttpClassifier)
-                        .count_window(40)
-                        .minimum_calls(8)
-                        .failure_rate_threshold(0.6)
-                        .wait_in_open(BREAKER_OPEN_WAIT)
-                        .wait_backoff(1.0, BREAKER_OPEN_WAIT)
-                        .wait_jitter(0.0)
-                        .half_open_probes(1)
-                        .half_open_successes(1)
-                        .build()?,
-                )
-            } else {
-                None
-            };
-            let bulkhead = p
-                .bulkhead
-                .map(|(concurrent, queue, wait)| {
-                    BulkheadLayer::builder(downstream)
-                        .max_concurrent(concurrent)
-                        .max_queue(queue)
-                        .max_wait(wait)
-                        .build()
-                })
-                .transpose()?;
-            let per_try = TimeoutLayer::new(downstream, p.per_try)?;
-            let cache = p.stale_cache.then(|| StaleCacheLayer::new(1024));
-            let tail = ServiceBuilder::new()
-                .option_layer(breaker)
-                .option_layer(bulkhead)
-                .layer(per_try)
-                .service(endpoints);
-            let tail = BoxCloneSyncService::new(tail);
-            BoxCloneSyncService::new(
-                ServiceBuilder::new()
-                    .layer(deadline)
-                    .option_layer(cache)
-                    .layer(retry)
-                    .service(tail),
-            )
+                .build(
+                    registry.discovery().watch(downstream)?,
+                    SetAuthority::maker(attempt),
+                )?;
+            collect_bodies(palisade_client(downstream, balance)?)
         }
     };
     let measured = tower::service_fn(move |req: OutRequest| {
@@ -443,6 +359,137 @@ pub fn client(
         }
     });
     Ok(BoxCloneSyncService::new(measured))
+}
+
+/// The retry settings every downstream shares (attempts from its [`Policy`]).
+fn retry_config(attempts: u32) -> RetryConfig {
+    RetryConfig {
+        max_attempts: attempts,
+        backoff: Backoff {
+            strategy: Strategy::FullJitter,
+            base: Duration::from_millis(10),
+            multiplier: 2.0,
+            max: Duration::from_millis(100),
+        },
+        budget: BudgetConfig {
+            deposit_ratio: 0.5,
+            min_retries_per_sec: 5,
+            max_balance: 50,
+        },
+        max_retry_after: None,
+    }
+}
+
+/// The cache of catalog and customer GETs: every call goes to the downstream, and
+/// its last good answer is served (marked stale) only when the call fails.
+fn stale_if_error() -> CacheConfig {
+    CacheConfig {
+        fresh_ttl: Duration::ZERO,
+        max_stale: MAX_STALE,
+        serve_fresh: false,
+        max_weight_bytes: 4 * 1024 * 1024,
+        max_body_bytes: 256 * 1024,
+        ..CacheConfig::default()
+    }
+}
+
+/// Reads each response's body to the end.
+fn collect_bodies<S, B>(inner: S) -> Client
+where
+    S: Service<OutRequest, Response = Response<B>, Error = Error> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError> + 'static,
+{
+    BoxCloneSyncService::new(inner.and_then(|res: Response<B>| async move {
+        let (parts, body) = res.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(Error::from_service)?
+            .to_bytes();
+        Ok(Response::from_parts(parts, body))
+    }))
+}
+
+/// The breaker settings every guarded downstream shares.
+fn breaker_config() -> BreakerConfig {
+    BreakerConfig {
+        window: WindowConfig::Count { size: 40 },
+        minimum_calls: 8,
+        failure_rate_threshold: 0.6,
+        wait_in_open: BREAKER_OPEN_WAIT,
+        wait_multiplier: 1.0,
+        max_wait_in_open: BREAKER_OPEN_WAIT,
+        wait_jitter: 0.0,
+        half_open_probes: 1,
+        half_open_successes: Some(1),
+        ..BreakerConfig::default()
+    }
+}
+
+/// `downstream`'s Palisade stack over `endpoint`: a [`Downstream`] with the
+/// downstream's [`Policy`].
+fn palisade_client<E>(
+    downstream: &'static str,
+    endpoint: E,
+) -> Result<BoxCloneSyncService<OutRequest, StackResponse, Error>, ConfigError>
+where
+    E: Service<OutRequest, Response = AttemptResponse, Error = Error>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    E::Future: Send + 'static,
+{
+    let p = policy(downstream);
+    // Without a cache the answer is passed on as it came, in the cache's body type.
+    let cache = if p.stale_cache {
+        Either::Left(CacheLayer::http(downstream, stale_if_error())?)
+    } else {
+        let pass: fn(AttemptResponse) -> StackResponse =
+            |res| res.map(|body| CachedBody::Stream { body });
+        Either::Right(MapResponseLayer::new(pass))
+    };
+    let base = Downstream::builder(downstream)
+        .http()
+        .deadline_margin(Duration::from_millis(5))
+        .min_remaining(Duration::from_millis(10))
+        .cache(cache)
+        .retry(retry_config(p.attempts));
+    let bulkhead = p
+        .bulkhead
+        .map(|(max_concurrent, max_queue, max_wait)| BulkheadConfig {
+            max_concurrent,
+            max_queue,
+            max_wait,
+        });
+    // The stack's type names its policies, so each combination is its own branch.
+    // (`Downstream::boxed` keeps the endpoint's response type; the cache changes it.)
+    let client = match (p.breaker, bulkhead) {
+        (true, Some(bulkhead)) => BoxCloneSyncService::new(
+            base.breaker(breaker_config())
+                .bulkhead(bulkhead)
+                .timeout(p.per_try)
+                .build()?
+                .layer(endpoint),
+        ),
+        (true, None) => BoxCloneSyncService::new(
+            base.breaker(breaker_config())
+                .timeout(p.per_try)
+                .build()?
+                .layer(endpoint),
+        ),
+        (false, Some(bulkhead)) => BoxCloneSyncService::new(
+            base.bulkhead(bulkhead)
+                .timeout(p.per_try)
+                .build()?
+                .layer(endpoint),
+        ),
+        (false, None) => BoxCloneSyncService::new(base.timeout(p.per_try).build()?.layer(endpoint)),
+    };
+    Ok(client)
 }
 
 /// A GET of `path` (a path and query, without the address).

@@ -18,6 +18,7 @@ use crate::server::{self, ServerHandle};
 use crate::services::{self, GatewayClients, GatewayLimits, PaymentCapacity, order};
 use crate::stack::{self, HttpClient, Mode};
 use crate::store::{self, Db};
+use palisade::balance::discover::Registration;
 
 /// How many replicas each service runs in the all-in-one mode.
 pub fn replicas(service: &str) -> usize {
@@ -101,6 +102,9 @@ pub struct Consistency {
 pub struct System {
     config: SystemConfig,
     registry: Arc<Registry>,
+    /// Every replica stays registered as long as the system runs (a replica that
+    /// goes down stays listed: its connections are refused, as in a real outage).
+    _registrations: Vec<Registration>,
     servers: HashMap<&'static str, Vec<ServerHandle>>,
     faults: HashMap<(&'static str, usize), FaultHandle>,
     stores: Stores,
@@ -131,28 +135,20 @@ impl System {
 
         // Bind every listener first, so discovery knows every address.
         let mut listeners = HashMap::new();
-        let mut registry = Registry::new();
+        let registry = Arc::new(Registry::new());
+        let mut registrations = Vec::new();
         for service in crate::SERVICES {
-            let mut addrs = Vec::new();
             for replica in 0..replicas(service) {
                 let l = server::bind(loopback).await?;
-                addrs.push(l.local_addr()?);
+                registrations.push(registry.register(service, l.local_addr()?));
                 listeners.insert((service, replica), l);
             }
-            registry.insert(service, addrs);
         }
-        let registry = Arc::new(registry);
         let token: Arc<str> = Arc::from(config.admin_token.as_str());
         let mode = config.mode;
         let client =
             |caller: &'static str, downstream: &'static str| -> Result<stack::Client, BoxError> {
-                Ok(stack::client(
-                    caller,
-                    downstream,
-                    mode,
-                    registry.get(downstream)?,
-                    http.clone(),
-                )?)
+                stack::client(caller, downstream, mode, &registry, http.clone())
             };
         let payment = PaymentCapacity::new(config.payment_workers, config.payment_time);
 
@@ -203,6 +199,7 @@ impl System {
         Ok(System {
             config,
             registry,
+            _registrations: registrations,
             servers,
             faults,
             stores,
