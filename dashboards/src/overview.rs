@@ -100,12 +100,13 @@ pub fn dashboard_json() -> Value {
             .size(6, 6),
     );
     l.add(
-        Panel::timeseries("Served by fallback", "percentunit")
-            .describe("Share of calls answered by a fallback (a cached or default answer) instead of the downstream.")
+        Panel::timeseries("Served by fallback or stale cache", "percentunit")
+            .describe("Share of calls answered by a fallback (a default answer) or by a stale cache entry instead of the downstream.")
             .query(
                 &format!(
-                    "sum by (downstream) ({})\n/ sum by (downstream) ({})",
+                    "sum by (downstream) ({} or {})\n/ sum by (downstream) ({})",
                     r("palisade_fallback_fallbacks_total", ""),
+                    r("palisade_fallback_cache_lookups_total", "result=\"stale\""),
                     r("palisade_retry_calls_total", "")
                 ),
                 "{{downstream}}",
@@ -339,10 +340,14 @@ pub fn dashboard_json() -> Value {
             .max(1.0),
     );
     l.add(
-        Panel::timeseries("Fallbacks by reason", "reqps")
-            .describe("Calls answered by the fallback, by what went wrong; and faults injected on purpose (fault injection enabled).")
+        Panel::timeseries("Degraded answers by reason", "reqps")
+            .describe("Calls answered by the fallback, by what went wrong, and by a stale cache entry; and faults injected on purpose (fault injection enabled).")
             .query(
-                &format!("sum by (reason) ({})", r("palisade_fallback_fallbacks_total", "")),
+                &format!(
+                    "sum by (reason) ({})\nor label_replace(sum({}), \"reason\", \"stale cache\", \"\", \"\")",
+                    r("palisade_fallback_fallbacks_total", ""),
+                    r("palisade_fallback_cache_lookups_total", "result=\"stale\"")
+                ),
                 "{{reason}}",
             )
             .query(

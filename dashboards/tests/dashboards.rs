@@ -73,7 +73,7 @@ fn overview_has_the_symptoms_then_a_row_repeated_per_downstream() {
         "Error ratio",
         "Latency p99",
         "Breakers open / half-open",
-        "Served by fallback",
+        "Served by fallback or stale cache",
     ] {
         assert!(
             symptoms.contains(&title),

@@ -66,6 +66,7 @@ pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let handle = palisade::prometheus::install_recorder().ok();
+            describe();
             for outcome in OrderOutcome::ALL {
                 metrics::counter!(ORDERS, "outcome" => outcome.as_str()).absolute(0);
             }
@@ -77,6 +78,28 @@ pub fn install() -> Option<PrometheusHandle> {
             handle
         })
         .clone()
+}
+
+/// Help text for every demo series (Prometheus' exposition format wants it).
+fn describe() {
+    metrics::describe_counter!(
+        ORDERS,
+        "Orders by how they ended: placed, failed (nothing held), compensated."
+    );
+    metrics::describe_gauge!(
+        SCENARIO_ACTIVE,
+        "1 while the fault-injection runner runs this scenario in this mode."
+    );
+    metrics::describe_histogram!(
+        SERVER_DURATION,
+        metrics::Unit::Seconds,
+        "Time each service took to answer a request, by route, method and status."
+    );
+    metrics::describe_histogram!(
+        CLIENT_DURATION,
+        metrics::Unit::Seconds,
+        "Time each outbound call took, by peer, method and status (none: no answer)."
+    );
 }
 
 /// Counts an order outcome.

@@ -106,6 +106,8 @@ pub fn assemble(
             let rate = RateLimitLayer::builder("gateway")
                 .rate(limits.per_client_rate, Duration::from_secs(1))
                 .burst(limits.per_client_rate.div_ceil(4).max(1))
+                // A client a little over its rate waits briefly instead of a 429.
+                .max_wait(Duration::from_millis(50))
                 .build_keyed(
                     |req: &Request| req.headers().get(API_KEY_HEADER).cloned(),
                     1024,

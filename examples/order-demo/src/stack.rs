@@ -45,7 +45,9 @@ use palisade::balance::http::SetAuthority;
 use palisade::breaker::{BreakerConfig, WindowConfig};
 use palisade::fallback::http::CACHE_HEADER;
 use palisade::fallback::{CacheConfig, CacheLayer, CachedBody};
+use palisade::limit::adaptive::AdaptiveLimitConfig;
 use palisade::limit::bulkhead::BulkheadConfig;
+use palisade::limit::throttle::ThrottleConfig;
 use palisade::retry::http::IDEMPOTENCY_KEY_HEADER;
 use palisade::retry::{Backoff, BudgetConfig, RetryConfig, Strategy};
 use palisade::{
@@ -465,6 +467,24 @@ where
             max_queue,
             max_wait,
         });
+    // Shipment books parcels at its own pace: its concurrency follows its latency
+    // (Gradient2, never below 16 at once), and SRE client-side throttling stops
+    // sending work it keeps refusing.
+    if downstream == "shipment" {
+        return Ok(BoxCloneSyncService::new(
+            base.breaker(breaker_config())
+                .adaptive_limit(AdaptiveLimitConfig {
+                    min_limit: 16,
+                    max_limit: 64,
+                    initial_limit: Some(32),
+                    ..AdaptiveLimitConfig::default()
+                })
+                .throttle(ThrottleConfig::default())
+                .timeout(p.per_try)
+                .build()?
+                .layer(endpoint),
+        ));
+    }
     // The stack's type names its policies, so each combination is its own branch.
     // (`Downstream::boxed` keeps the endpoint's response type; the cache changes it.)
     let client = match (p.breaker, bulkhead) {
