@@ -7,6 +7,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use metrics::{Histogram, Key, Label, Metadata, Unit};
+use palisade_core::clock;
+use palisade_core::lanes::{Lane, Lanes};
 use palisade_core::observe::{CounterSet, LabelValue, MetricScope, metric_name};
 use palisade_core::{
     Classify, Deadline, DeadlineScope, Error, Name, Outcome, Rejection, RejectionKind,
@@ -111,11 +113,11 @@ pub(crate) struct FrontShared {
 pub struct Front<S, C> {
     inner: S,
     classify: C,
-    shared: Arc<FrontShared>,
+    shared: Lanes<FrontShared>,
 }
 
 impl<S, C> Front<S, C> {
-    pub(crate) fn new(inner: S, classify: C, shared: Arc<FrontShared>) -> Self {
+    pub(crate) fn new(inner: S, classify: C, shared: Lanes<FrontShared>) -> Self {
         Self {
             inner,
             classify,
@@ -140,7 +142,9 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
+        // The layers below that read the time while getting ready (breaker, rate
+        // limit) share one reading.
+        clock::lend_lazy(|| self.inner.poll_ready(cx))
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
@@ -149,6 +153,11 @@ where
             Some(Instant::now())
         } else {
             None
+        };
+        // Every layer below reads this one reading as its now while it is called.
+        let call = |inner: &mut S, req| match start {
+            Some(at) => clock::lend(at, || inner.call(req)),
+            None => inner.call(req),
         };
         let deadline = match (self.shared.total, start) {
             (Some(total), Some(now)) => {
@@ -165,20 +174,20 @@ where
         };
         let (inner, timer) = match deadline {
             Some(d) => {
-                let fut = d.sync_scope(|| self.inner.call(req));
+                let fut = d.sync_scope(|| call(&mut self.inner, req));
                 (
                     Scoped::Scoped(d.scoped(fut)),
                     Timer::Armed(tokio::time::sleep_until(d.instant())),
                 )
             }
-            None => (Scoped::Plain(self.inner.call(req)), Timer::Idle),
+            None => (Scoped::Plain(call(&mut self.inner, req)), Timer::Idle),
         };
         FrontFuture {
             inner,
             timer,
             start,
             classify: self.classify.clone(),
-            shared: Arc::clone(&self.shared),
+            shared: self.shared.pick(),
         }
     }
 }
@@ -207,7 +216,7 @@ pub struct FrontFuture<F, C> {
     timer: Timer,
     start: Option<Instant>,
     classify: C,
-    shared: Arc<FrontShared>,
+    shared: Arc<Lane<FrontShared>>,
 }
 
 impl<F, C, T> Future for FrontFuture<F, C>

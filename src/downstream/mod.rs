@@ -82,6 +82,7 @@ pub use slot::{
 };
 
 use front::{FrontMetrics, FrontShared};
+use palisade_core::lanes::Lanes;
 
 /// A nameable, cloneable downstream stack: see [`Downstream::boxed`].
 pub type BoxDownstream<Req, Res> = tower::util::BoxCloneSyncService<Req, Res, Error>;
@@ -101,7 +102,7 @@ pub type Layers<O, H, T, K, L, B, G, R, A, F> =
 /// adaptive limit, throttle) was built with the same classifier.
 #[derive(Clone)]
 pub struct Downstream<L, C = AllErrorsFail> {
-    front: Arc<FrontShared>,
+    front: Lanes<FrontShared>,
     classify: C,
     layers: L,
     handle: DownstreamHandle,
@@ -182,7 +183,7 @@ where
         Front::new(
             self.layers.layer(endpoint),
             self.classify.clone(),
-            Arc::clone(&self.front),
+            self.front.clone(),
         )
     }
 }
@@ -746,11 +747,11 @@ where
         );
         let metrics = self.metrics.then(|| FrontMetrics::register(&name));
         Ok(Downstream {
-            front: Arc::new(FrontShared {
+            front: Lanes::new(Arc::new(FrontShared {
                 name,
                 total: self.total_timeout,
                 metrics,
-            }),
+            })),
             classify: self.classify,
             layers,
             handle,

@@ -78,7 +78,7 @@ impl Deadline {
 
     /// A deadline `timeout` from now.
     pub fn after(timeout: Duration) -> Self {
-        let now = Instant::now();
+        let now = crate::clock::now();
         Self {
             at: now
                 .checked_add(timeout)
@@ -93,12 +93,12 @@ impl Deadline {
 
     /// Time left (zero once passed).
     pub fn remaining(&self) -> Duration {
-        self.at.saturating_duration_since(Instant::now())
+        self.at.saturating_duration_since(crate::clock::now())
     }
 
     /// Whether it has passed.
     pub fn is_expired(&self) -> bool {
-        Instant::now() >= self.at
+        crate::clock::now() >= self.at
     }
 
     /// The earlier of two deadlines.

@@ -39,11 +39,12 @@
 #![forbid(unsafe_code)]
 
 mod classify;
-mod clock;
+pub mod clock;
 mod config;
 mod deadline;
 mod error;
 pub mod keyed;
+pub mod lanes;
 mod name;
 pub mod observe;
 mod sync;

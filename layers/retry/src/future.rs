@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use palisade_core::lanes::Lane;
 use palisade_core::{BoxError, Classify, Error, Outcome};
 use pin_project::pin_project;
 use tokio::time::Sleep;
@@ -12,7 +13,7 @@ use tower_service::Service;
 use crate::hop;
 use crate::metrics::CallOutcome;
 use crate::protocol::Protocol;
-use crate::service::{Decision, Finish, Shared};
+use crate::service::{Core, Decision, Finish, Shared};
 
 /// The response future of [`Retry`](crate::Retry): attempts, backoff waits and the
 /// final answer, as one state machine.
@@ -23,14 +24,17 @@ where
 {
     #[pin]
     state: State<S::Future>,
-    service: S,
+    /// The service for the attempts after the first, taken when the first retry is
+    /// decided. Boxed, like the backoff timer, so that the common first-try success
+    /// does not carry a whole service's worth of future.
+    service: Option<Box<S>>,
     /// A copy of the request for the next attempt, when the protocol could make one.
     replay: Option<Req>,
     /// The request of the attempt about to be sent (between backoff and call).
     pending: Option<Req>,
     attempt: u32,
     previous_delay: Duration,
-    shared: Arc<Shared>,
+    core: Arc<Lane<Core<S>>>,
     protocol: P,
     classify: C,
 }
@@ -66,20 +70,19 @@ where
 {
     pub(crate) fn new(
         future: S::Future,
-        service: S,
         replay: Option<Req>,
-        shared: Arc<Shared>,
+        core: Arc<Lane<Core<S>>>,
         protocol: P,
         classify: C,
     ) -> Self {
         Self {
             state: State::Calling { future },
-            service,
+            service: None,
             replay,
             pending: None,
             attempt: 1,
             previous_delay: Duration::ZERO,
-            shared,
+            core,
             protocol,
             classify,
         }
@@ -88,7 +91,7 @@ where
 
 impl<S, Req, P, C> Future for ResponseFuture<S, Req, P, C>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: Into<BoxError> + 'static,
     P: Protocol<Req, S::Response>,
     C: Classify<S::Response, S::Error>,
@@ -104,14 +107,14 @@ where
                     // The common case, kept small and inline: a first-try success.
                     let outcome = this.classify.classify(result.as_ref());
                     if outcome == Outcome::Success && *this.attempt == 1 {
-                        this.shared.budget.deposit();
-                        if let Some(m) = &this.shared.metrics {
+                        this.core.shared.budget.deposit();
+                        if let Some(m) = &this.core.shared.metrics {
                             m.attempts.increment(1);
                             m.calls.get(CallOutcome::SuccessFirstTry).increment(1);
                         }
                         return Poll::Ready(result.map_err(Error::from_service));
                     }
-                    let decision = this.shared.decide::<Req, _, _, _>(
+                    let decision = this.core.shared.decide::<Req, _, _, _>(
                         this.protocol,
                         outcome,
                         result.as_ref(),
@@ -121,18 +124,18 @@ where
                     );
                     match decision {
                         Decision::Done(finish) => {
-                            finish_call(this.shared, finish, *this.attempt);
+                            finish_call(&this.core.shared, finish, *this.attempt);
                             return Poll::Ready(result.map_err(Error::from_service));
                         }
                         Decision::Retry(delay, reason) => {
-                            if let Some(m) = &this.shared.metrics {
+                            if let Some(m) = &this.core.shared.metrics {
                                 m.retries.get(reason).increment(1);
                             }
                             *this.attempt += 1;
                             *this.previous_delay = delay;
                             let next = this.replay.take();
                             // Keep a copy for a further attempt, if one may follow.
-                            if *this.attempt < this.shared.config.max_attempts {
+                            if *this.attempt < this.core.shared.config.max_attempts {
                                 *this.replay = next.as_ref().and_then(|r| this.protocol.replay(r));
                             }
                             *this.pending = next;
@@ -147,9 +150,11 @@ where
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
-                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                    let core = &this.core;
+                    let service = this.service.get_or_insert_with(|| Box::new(core.service()));
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
                         finish_call(
-                            this.shared,
+                            &this.core.shared,
                             Finish::GaveUp(crate::metrics::GiveUp::NotRetryable),
                             *this.attempt - 1,
                         );
@@ -162,7 +167,7 @@ where
                         )));
                     };
                     this.protocol.prepare(&mut req, *this.attempt);
-                    let future = this.service.call(req);
+                    let future = service.call(req);
                     this.state.set(State::Calling { future });
                 }
             }

@@ -1,7 +1,8 @@
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use palisade_core::lanes::Lanes;
 use palisade_core::{BoxError, Classify, Deadline, Error, Name, Outcome, rejection_of};
 use tokio::time::Instant;
 use tower_service::Service;
@@ -122,14 +123,35 @@ impl Shared {
     }
 }
 
+/// What the response futures of one [`Retry`] (and its clones) share: the layer's
+/// state, and a clone of the inner service as it was when the layer was applied,
+/// from which a call that needs a second attempt takes a service of its own.
+pub(crate) struct Core<S> {
+    pub(crate) shared: Arc<Shared>,
+    template: Mutex<S>,
+}
+
+impl<S: Clone> Core<S> {
+    /// A fresh clone of the inner service, for a retry (not for a first attempt).
+    #[cold]
+    pub(crate) fn service(&self) -> S {
+        self.template
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
 /// Retries failed calls; built by [`RetryLayer`](crate::RetryLayer).
 ///
 /// `poll_ready` is the inner service's. `call` sends the first attempt on the service
-/// that was made ready and keeps a clone of the service (and, when the protocol can
-/// replay it, a copy of the request) in the response future for further attempts.
+/// that was made ready and keeps, when the protocol can replay it, a copy of the
+/// request in the response future. A call that needs another attempt takes a clone
+/// of the inner service then (clones of a tower service share its state), so the
+/// common first-try success clones nothing.
 pub struct Retry<S, P, C> {
     inner: S,
-    shared: Arc<Shared>,
+    core: Lanes<Core<S>>,
     protocol: P,
     classify: C,
 }
@@ -138,7 +160,7 @@ impl<S: Clone, P: Clone, C: Clone> Clone for Retry<S, P, C> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
+            core: self.core.clone(),
             protocol: self.protocol.clone(),
             classify: self.classify.clone(),
         }
@@ -149,16 +171,17 @@ impl<S: std::fmt::Debug, P, C> std::fmt::Debug for Retry<S, P, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Retry")
             .field("inner", &self.inner)
-            .field("name", &self.shared.name)
+            .field("name", &self.core.shared.name)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, P, C> Retry<S, P, C> {
+impl<S: Clone, P, C> Retry<S, P, C> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>, protocol: P, classify: C) -> Self {
+        let template = Mutex::new(inner.clone());
         Self {
             inner,
-            shared,
+            core: Lanes::new(Arc::new(Core { shared, template })),
             protocol,
             classify,
         }
@@ -182,20 +205,16 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         self.protocol.prepare(&mut req, 1);
-        let replay = if self.shared.config.max_attempts > 1 {
+        let replay = if self.core.shared.config.max_attempts > 1 {
             self.protocol.replay(&req)
         } else {
             None
         };
-        // Call the service that was made ready; keep a fresh clone here.
-        let clone = self.inner.clone();
-        let mut ready = std::mem::replace(&mut self.inner, clone);
-        let future = ready.call(req);
+        let future = self.inner.call(req);
         ResponseFuture::new(
             future,
-            ready,
             replay,
-            Arc::clone(&self.shared),
+            self.core.pick(),
             self.protocol.clone(),
             self.classify.clone(),
         )

@@ -3,6 +3,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use palisade_core::lanes::Lane;
 use palisade_core::{BoxError, Error, Rejection, RejectionKind};
 use pin_project::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
@@ -39,7 +40,7 @@ enum State<F> {
         #[pin]
         sleep: Sleep,
         expiry: Expiry,
-        shared: Arc<Shared>,
+        shared: Arc<Lane<Shared>>,
     },
     Refused {
         rejection: Option<Rejection>,
@@ -55,7 +56,12 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn running(future: F, until: Instant, expiry: Expiry, shared: Arc<Shared>) -> Self {
+    pub(crate) fn running(
+        future: F,
+        until: Instant,
+        expiry: Expiry,
+        shared: Arc<Lane<Shared>>,
+    ) -> Self {
         Self {
             state: State::Running {
                 future,

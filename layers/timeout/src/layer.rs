@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use palisade_core::lanes::Lanes;
 use palisade_core::{ConfigError, Name, Rejection, RejectionKind};
 use tower_layer::Layer;
 
@@ -29,7 +30,7 @@ use crate::metrics::TimeoutMetrics;
 /// ```
 #[derive(Debug, Clone)]
 pub struct TimeoutLayer {
-    shared: Arc<Shared>,
+    shared: Lanes<Shared>,
 }
 
 /// What every service of one layer shares.
@@ -60,14 +61,14 @@ impl TimeoutLayer {
         }
         let metrics = TimeoutMetrics::register(&name);
         Ok(Self {
-            shared: Arc::new(Shared {
+            shared: Lanes::new(Arc::new(Shared {
                 name,
                 timeout,
                 // Arithmetic uses a timeout clamped to ten years, so `now + armed`
                 // cannot overflow and needs no checked path per call.
                 armed: timeout.min(Duration::from_secs(10 * 365 * 86_400)),
                 metrics,
-            }),
+            })),
         })
     }
 
@@ -86,6 +87,6 @@ impl<S> Layer<S> for TimeoutLayer {
     type Service = Timeout<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Timeout::new(inner, Arc::clone(&self.shared))
+        Timeout::new(inner, self.shared.clone())
     }
 }

@@ -1,7 +1,7 @@
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use palisade_core::lanes::Lanes;
 use palisade_core::{BoxError, Deadline, Error, RejectionKind};
 use tokio::time::Instant;
 use tower_service::Service;
@@ -33,7 +33,7 @@ use crate::metrics::CallOutcome;
 /// if readiness can wait long.
 pub struct Timeout<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Lanes<Shared>,
     /// What `poll_ready` learned of the current deadline, for `call`.
     readied: Readied,
 }
@@ -65,7 +65,7 @@ impl<S: Clone> Clone for Timeout<S> {
         // A clone has not been made ready: it decides again in its own poll_ready.
         Self {
             inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
+            shared: self.shared.clone(),
             readied: Readied::Unknown,
         }
     }
@@ -82,7 +82,7 @@ impl<S> Timeout<S> {
         ResponseFuture::refused(self.shared.rejection(RejectionKind::DeadlineExceeded))
     }
 
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(inner: S, shared: Lanes<Shared>) -> Self {
         Self {
             inner,
             shared,
@@ -151,7 +151,7 @@ where
             Readied::Deadline(deadline) => Some(deadline),
             Readied::Unknown => Deadline::current(),
         };
-        let now = Instant::now();
+        let now = palisade_core::clock::now();
         let limit = now + self.shared.armed;
         let (until, expiry) = match deadline {
             Some(deadline) if deadline.instant() <= limit => (deadline.instant(), Expiry::Deadline),
@@ -161,6 +161,6 @@ where
             return self.refuse();
         }
         let future = self.inner.call(req);
-        ResponseFuture::running(future, until, expiry, Arc::clone(&self.shared))
+        ResponseFuture::running(future, until, expiry, self.shared.pick())
     }
 }

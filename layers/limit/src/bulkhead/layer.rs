@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use palisade_core::lanes::Lanes;
 use palisade_core::observe::{Observer, Observers};
 use palisade_core::{ConfigError, Name};
 use tower_layer::Layer;
@@ -31,13 +32,13 @@ use super::shared::Shared;
 /// ```
 #[derive(Clone)]
 pub struct BulkheadLayer {
-    shared: Arc<Shared>,
+    shared: Lanes<Shared>,
 }
 
 impl std::fmt::Debug for BulkheadLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BulkheadLayer")
-            .field("shared", &self.shared)
+            .field("shared", &*self.shared)
             .finish()
     }
 }
@@ -61,7 +62,7 @@ impl BulkheadLayer {
 
     /// A handle to the bulkhead.
     pub fn handle(&self) -> BulkheadHandle {
-        BulkheadHandle::new(Arc::clone(&self.shared))
+        BulkheadHandle::new(Arc::clone(self.shared.shared()))
     }
 }
 
@@ -69,7 +70,7 @@ impl<S> Layer<S> for BulkheadLayer {
     type Service = Bulkhead<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Bulkhead::new(inner, Arc::clone(&self.shared))
+        Bulkhead::new(inner, self.shared.clone())
     }
 }
 
@@ -137,6 +138,8 @@ impl BulkheadBuilder {
             .metrics
             .then(|| BulkheadMetrics::register(&name, self.config.max_concurrent));
         let shared = Shared::new(name, &self.config, metrics, Observers::new(self.observers))?;
-        Ok(BulkheadLayer { shared })
+        Ok(BulkheadLayer {
+            shared: Lanes::new(shared),
+        })
     }
 }

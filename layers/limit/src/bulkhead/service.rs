@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use palisade_core::lanes::Lanes;
 use palisade_core::{BoxError, Deadline, Error};
 use pin_project::pin_project;
 use tokio::sync::futures::OwnedNotified;
@@ -37,7 +38,7 @@ use super::shared::{Admitted, Permit, QueueSlot, Shared};
 /// `ServiceExt::oneshot` and `ready_oneshot` do when their future is dropped).
 pub struct Bulkhead<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Lanes<Shared>,
     /// The permit `poll_ready` took for the next call. Apart from `pending` so
     /// that the fast path reads and writes one word.
     permit: Option<Permit>,
@@ -123,7 +124,7 @@ impl<S: Clone> Clone for Bulkhead<S> {
         // A clone has not been made ready: it holds no permit and no queue place.
         Self {
             inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
+            shared: self.shared.clone(),
             permit: None,
             pending: Pending::None,
             waited: false,
@@ -139,7 +140,7 @@ fn instant_after(at: Instant, d: Duration) -> Instant {
 }
 
 impl<S> Bulkhead<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(inner: S, shared: Lanes<Shared>) -> Self {
         Self {
             inner,
             shared,
@@ -152,7 +153,7 @@ impl<S> Bulkhead<S> {
 
     /// A handle to this service's bulkhead.
     pub fn handle(&self) -> BulkheadHandle {
-        BulkheadHandle::new(Arc::clone(&self.shared))
+        BulkheadHandle::new(Arc::clone(self.shared.shared()))
     }
 
     /// The inner service.
@@ -170,7 +171,7 @@ impl<S> Bulkhead<S> {
     #[inline]
     fn start(&mut self) {
         self.waited = false;
-        match self.shared.admit(self.shared.max_queue) {
+        match Shared::admit(&self.shared, self.shared.max_queue) {
             Admitted::Permit(permit) => self.permit = Some(permit),
             Admitted::Full => self.pending = Pending::Refused(RejectReason::QueueFull),
             Admitted::Queued(slot) => self.pending = self.enqueue(slot),
@@ -359,7 +360,7 @@ where
                 // decide here, without waiting, rather than panic.
                 drop(unready);
                 self.abandon_wait();
-                match self.shared.admit(0) {
+                match Shared::admit(&self.shared, 0) {
                     Admitted::Permit(permit) => {
                         self.shared.permitted(Duration::ZERO);
                         ResponseFuture::called(self.inner.call(req), permit)

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use palisade_core::lanes::{Lane, Lanes};
 use palisade_core::observe::Observers;
 use palisade_core::{ConfigError, Name, Rejection};
 use tokio::sync::Notify;
@@ -70,24 +71,26 @@ impl Shared {
         }))
     }
 
-    /// Takes a permit, or a place in the queue, or neither. Lock-free.
+    /// Takes a permit, or a place in the queue, or neither. Lock-free. The permit
+    /// or queue place keeps the state alive through this thread's lane.
     #[inline]
-    pub(crate) fn admit(self: &Arc<Self>, max_queue: u32) -> Admitted {
-        match self.permits.admit(max_queue) {
+    pub(crate) fn admit(lanes: &Lanes<Self>, max_queue: u32) -> Admitted {
+        let this: &Self = lanes;
+        match this.permits.admit(max_queue) {
             Admit::Acquired => {
-                if let Some(m) = &self.metrics {
+                if let Some(m) = &this.metrics {
                     m.acquired();
                 }
                 Admitted::Permit(Permit {
-                    shared: Arc::clone(self),
+                    shared: lanes.pick(),
                 })
             }
             Admit::Queued => {
-                if let Some(m) = &self.metrics {
+                if let Some(m) = &this.metrics {
                     m.enqueued();
                 }
                 Admitted::Queued(QueueSlot {
-                    shared: Some(Arc::clone(self)),
+                    shared: Some(lanes.pick()),
                 })
             }
             Admit::Full => Admitted::Full,
@@ -192,7 +195,7 @@ impl Shared {
 
 /// A held permit: given back when dropped.
 pub(crate) struct Permit {
-    shared: Arc<Shared>,
+    shared: Arc<Lane<Shared>>,
 }
 
 impl Drop for Permit {
@@ -205,7 +208,7 @@ impl Drop for Permit {
 /// A place in the queue: left when dropped, unless turned into a permit.
 pub(crate) struct QueueSlot {
     /// `None` once the place became a permit.
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<Lane<Shared>>>,
 }
 
 impl QueueSlot {
