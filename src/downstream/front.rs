@@ -109,11 +109,30 @@ pub(crate) struct FrontShared {
 /// call's deadline (the total timeout, or the caller's deadline if that is earlier)
 /// for every layer below, cuts the call off when it passes, and records the call's
 /// outcome and duration.
-#[derive(Debug, Clone)]
+///
+/// The stack reads the clock once in `poll_ready` (if a layer asks) and once in
+/// `call`, and lends each reading to every layer below ([`clock::lend`]). When the
+/// stack became ready with a reading, the call's duration starts there: at the
+/// readiness that `call` follows.
+#[derive(Debug)]
 pub struct Front<S, C> {
     inner: S,
     classify: C,
     shared: Lanes<FrontShared>,
+    /// The clock reading of the `poll_ready` that returned ready, for `call`.
+    ready_at: Option<Instant>,
+}
+
+impl<S: Clone, C: Clone> Clone for Front<S, C> {
+    fn clone(&self) -> Self {
+        // A clone has not been made ready.
+        Self {
+            inner: self.inner.clone(),
+            classify: self.classify.clone(),
+            shared: self.shared.clone(),
+            ready_at: None,
+        }
+    }
 }
 
 impl<S, C> Front<S, C> {
@@ -122,6 +141,7 @@ impl<S, C> Front<S, C> {
             inner,
             classify,
             shared,
+            ready_at: None,
         }
     }
 
@@ -144,13 +164,18 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         // The layers below that read the time while getting ready (breaker, rate
         // limit) share one reading.
-        clock::lend_lazy(|| self.inner.poll_ready(cx))
+        let (poll, reading) = clock::lend_lazy(|| self.inner.poll_ready(cx));
+        if let Poll::Ready(Ok(())) = poll {
+            self.ready_at = reading;
+        }
+        poll
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        let ready_at = self.ready_at.take();
         let metrics = self.shared.metrics.is_some();
         let start = if metrics || self.shared.total.is_some() {
-            Some(Instant::now())
+            Some(ready_at.unwrap_or_else(Instant::now))
         } else {
             None
         };

@@ -97,15 +97,21 @@ pub fn lend<R>(at: Instant, f: impl FnOnce() -> R) -> R {
 
 /// Runs `f` with one clock reading shared by every [`now`] inside it, taken at the
 /// first of them (none if nothing asks), then restores the outer scope. An outer
-/// scope's reading, if there is one, is kept.
+/// scope's reading, if there is one, is kept. Returns what `f` returned and the
+/// reading, if one was taken or lent from outside.
 #[inline]
-pub fn lend_lazy<R>(f: impl FnOnce() -> R) -> R {
+pub fn lend_lazy<R>(f: impl FnOnce() -> R) -> (R, Option<Instant>) {
     let outer = LENT.get();
     let _restore = Restore(outer);
     if let Lent::None = outer {
         LENT.set(Lent::Lazy);
     }
-    f()
+    let out = f();
+    let reading = match LENT.get() {
+        Lent::At(at) => Some(at),
+        Lent::Lazy | Lent::None => None,
+    };
+    (out, reading)
 }
 
 /// Puts the outer scope's reading back when a scope ends.
@@ -153,19 +159,26 @@ mod tests {
     #[tokio::test]
     async fn a_lazy_scope_reads_once_at_first_use() {
         let pause = Duration::from_millis(2);
-        let (first, second) = lend_lazy(|| {
+        let ((first, second), reading) = lend_lazy(|| {
             let first = now();
             std::thread::sleep(pause);
             (first, now())
         });
         assert_eq!(first, second, "one reading for the whole scope");
+        assert_eq!(reading, Some(first), "the scope hands its reading back");
+        assert_eq!(lend_lazy(|| ()).1, None, "nobody asked: no reading taken");
         assert!(
             now() >= first + pause,
             "outside the scope the clock is read again"
         );
         let outer = Instant::now() + Duration::from_secs(1);
         lend(outer, || {
-            lend_lazy(|| assert_eq!(now(), outer, "an outer reading is kept"));
+            let (inner, reading) = lend_lazy(now);
+            assert_eq!(
+                (inner, reading),
+                (outer, Some(outer)),
+                "an outer reading is kept"
+            );
         });
     }
 
