@@ -45,6 +45,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
+use palisade_core::clock;
+use palisade_core::lanes::{Lane, Lanes};
 use palisade_core::{BoxError, ConfigError, Error, HttpClassifier, Name};
 use palisade_limit::adaptive::{AdaptiveLimitConfig, AdaptiveLimitLayer};
 use palisade_limit::rate::{KeyedRateLimitLayer, RateLimitConfig, RateLimitLayer};
@@ -65,7 +67,7 @@ use crate::downstream::front::{CallOutcome, FrontMetrics};
 #[derive(Clone)]
 pub struct Inbound<L> {
     name: Name,
-    metrics: Option<Arc<FrontMetrics>>,
+    metrics: Option<Lanes<FrontMetrics>>,
     layers: L,
 }
 
@@ -361,9 +363,11 @@ impl<R: RateSlot, A: AdmissionSlot, D: DeadlineSlot> InboundBuilder<R, A, D> {
         let rate = self.rate.build(n)?;
         let admission = self.admission.build(n)?;
         let deadline = self.deadline.build(n)?;
-        let metrics = self
-            .metrics
-            .then(|| Arc::new(FrontMetrics::register_as("inbound", "request", &name)));
+        let metrics = self.metrics.then(|| {
+            Lanes::new(Arc::new(FrontMetrics::register_as(
+                "inbound", "request", &name,
+            )))
+        });
         Ok(Inbound {
             name,
             metrics,
@@ -377,7 +381,7 @@ impl<R: RateSlot, A: AdmissionSlot, D: DeadlineSlot> InboundBuilder<R, A, D> {
 #[derive(Debug, Clone)]
 pub struct Answer<S> {
     inner: S,
-    metrics: Option<Arc<FrontMetrics>>,
+    metrics: Option<Lanes<FrontMetrics>>,
 }
 
 impl<S, B, ResB> Service<Request<B>> for Answer<S>
@@ -393,7 +397,8 @@ where
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // A stage that fails to get ready answers the next request with the error.
-        match self.inner.poll_ready(cx) {
+        // The stages below that read the time while getting ready share one reading.
+        match clock::lend_lazy(|| self.inner.poll_ready(cx)).0 {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Ready(Err(e)) => {
@@ -405,10 +410,16 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let start = self.metrics.as_ref().map(|_| Instant::now());
+        let inner = match start {
+            // Every stage below reads this one reading as its now while it is called.
+            Some(at) => clock::lend(at, || self.inner.call(req)),
+            None => self.inner.call(req),
+        };
         AnswerFuture {
-            inner: self.inner.call(req),
-            start: self.metrics.as_ref().map(|_| Instant::now()),
-            metrics: self.metrics.clone(),
+            inner,
+            start,
+            metrics: self.metrics.as_ref().map(Lanes::pick),
         }
     }
 }
@@ -420,7 +431,7 @@ pub struct AnswerFuture<F> {
     #[pin]
     inner: F,
     start: Option<Instant>,
-    metrics: Option<Arc<FrontMetrics>>,
+    metrics: Option<Arc<Lane<FrontMetrics>>>,
 }
 
 impl<F, ResB, E> Future for AnswerFuture<F>
