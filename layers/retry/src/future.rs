@@ -34,7 +34,7 @@ where
     pending: Option<Req>,
     attempt: u32,
     previous_delay: Duration,
-    core: Arc<Lane<Core<S>>>,
+    core: Arc<Lane<Core<Shared, S>>>,
     protocol: P,
     classify: C,
 }
@@ -71,7 +71,7 @@ where
     pub(crate) fn new(
         future: S::Future,
         replay: Option<Req>,
-        core: Arc<Lane<Core<S>>>,
+        core: Arc<Lane<Core<Shared, S>>>,
         protocol: P,
         classify: C,
     ) -> Self {

@@ -35,6 +35,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use metrics::Counter;
+use palisade_core::lanes::{Lane, Lanes};
 use palisade_core::observe::MetricScope;
 use palisade_core::{AllErrorsFail, BoxError, Classify, ConfigError, Error, Name, Outcome};
 use pin_project::pin_project;
@@ -44,6 +45,7 @@ use tower_service::Service;
 
 use crate::budget::{BudgetConfig, RetryBudget};
 use crate::protocol::{CloneRequests, Protocol};
+use crate::service::Core;
 
 /// When to send a hedge.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -355,23 +357,25 @@ impl<P, C> HedgeBuilder<P, C> {
     }
 }
 
-impl<S, P: Clone, C: Clone> Layer<S> for HedgeLayer<P, C> {
+impl<S: Clone, P: Clone, C: Clone> Layer<S> for HedgeLayer<P, C> {
     type Service = Hedge<S, P, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Hedge {
+            core: Core::lanes(Arc::clone(&self.shared), &inner),
             inner,
-            shared: Arc::clone(&self.shared),
             protocol: self.protocol.clone(),
             classify: self.classify.clone(),
         }
     }
 }
 
-/// The service of [`HedgeLayer`].
+/// The service of [`HedgeLayer`]. The first attempt goes to the service made ready;
+/// a call that hedges takes a clone of the inner service then, so a call answered
+/// before the hedge delay clones nothing.
 pub struct Hedge<S, P, C> {
     inner: S,
-    shared: Arc<HedgeShared>,
+    core: Lanes<Core<HedgeShared, S>>,
     protocol: P,
     classify: C,
 }
@@ -380,7 +384,7 @@ impl<S: Clone, P: Clone, C: Clone> Clone for Hedge<S, P, C> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
+            core: self.core.clone(),
             protocol: self.protocol.clone(),
             classify: self.classify.clone(),
         }
@@ -391,7 +395,7 @@ impl<S: std::fmt::Debug, P, C> std::fmt::Debug for Hedge<S, P, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hedge")
             .field("inner", &self.inner)
-            .field("name", &self.shared.name)
+            .field("name", &self.core.shared.name)
             .finish_non_exhaustive()
     }
 }
@@ -412,11 +416,10 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let delay = self.shared.delay();
+        let shared = &self.core.shared;
+        let delay = shared.delay();
         let replay = delay.and_then(|_| self.protocol.replay(&req));
-        let clone = self.inner.clone();
-        let mut ready = std::mem::replace(&mut self.inner, clone);
-        let primary = ready.call(req);
+        let primary = self.inner.call(req);
         let timer = match (&replay, delay) {
             (Some(_), Some(d)) => Some(tokio::time::sleep(d)),
             _ => None,
@@ -426,12 +429,12 @@ where
             hedges: Vec::new(),
             timer,
             delay: delay.unwrap_or_default(),
-            service: ready,
+            service: None,
             replay,
-            hedges_left: self.shared.max_hedges,
-            started: self.shared.latencies.as_ref().map(|_| Instant::now()),
+            hedges_left: shared.max_hedges,
+            started: shared.latencies.as_ref().map(|_| Instant::now()),
             last_failure: None,
-            shared: Arc::clone(&self.shared),
+            core: self.core.pick(),
             classify: self.classify.clone(),
             protocol: self.protocol.clone(),
         }
@@ -450,12 +453,13 @@ where
     #[pin]
     timer: Option<Sleep>,
     delay: Duration,
-    service: S,
+    /// The service for hedged attempts, taken when the first hedge is sent.
+    service: Option<Box<S>>,
     replay: Option<Req>,
     hedges_left: u32,
     started: Option<Instant>,
     last_failure: Option<Result<S::Response, S::Error>>,
-    shared: Arc<HedgeShared>,
+    core: Arc<Lane<Core<HedgeShared, S>>>,
     classify: C,
     protocol: P,
 }
@@ -473,7 +477,7 @@ where
 
 impl<S, Req, P, C> Future for HedgeFuture<S, Req, P, C>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: Into<BoxError> + 'static,
     P: Protocol<Req, S::Response>,
     C: Classify<S::Response, S::Error>,
@@ -487,10 +491,13 @@ where
             && let Poll::Ready(result) = primary.poll(cx)
         {
             this.primary.set(None);
-            if let Some(done) = settle(this.shared, this.classify, result, this.last_failure) {
-                if let (Some(start), Some(l), HedgeDelay::Percentile { percentile, .. }) =
-                    (this.started, &this.shared.latencies, this.shared.delay)
-                {
+            if let Some(done) = settle(&this.core.shared, this.classify, result, this.last_failure)
+            {
+                if let (Some(start), Some(l), HedgeDelay::Percentile { percentile, .. }) = (
+                    this.started,
+                    &this.core.shared.latencies,
+                    this.core.shared.delay,
+                ) {
                     l.record(start.elapsed(), percentile);
                 }
                 return Poll::Ready(done.map_err(Error::from_service));
@@ -501,12 +508,16 @@ where
         while i < this.hedges.len() {
             if let Poll::Ready(result) = this.hedges[i].as_mut().poll(cx) {
                 drop(this.hedges.swap_remove(i));
-                if let Some(done) = settle(this.shared, this.classify, result, this.last_failure) {
-                    this.shared.won.increment(1);
+                if let Some(done) =
+                    settle(&this.core.shared, this.classify, result, this.last_failure)
+                {
+                    this.core.shared.won.increment(1);
                     // The primary was slower than this: record what it took so far.
-                    if let (Some(start), Some(l), HedgeDelay::Percentile { percentile, .. }) =
-                        (this.started, &this.shared.latencies, this.shared.delay)
-                    {
+                    if let (Some(start), Some(l), HedgeDelay::Percentile { percentile, .. }) = (
+                        this.started,
+                        &this.core.shared.latencies,
+                        this.core.shared.delay,
+                    ) {
                         l.record(start.elapsed(), percentile);
                     }
                     return Poll::Ready(done.map_err(Error::from_service));
@@ -521,11 +532,13 @@ where
                 break;
             }
             let can_hedge = *this.hedges_left > 0 && this.replay.is_some();
-            if !can_hedge || !this.shared.budget.withdraw() {
+            if !can_hedge || !this.core.shared.budget.withdraw() {
                 this.timer.set(None);
                 break;
             }
-            match this.service.poll_ready(cx) {
+            let core = &this.core;
+            let service = this.service.get_or_insert_with(|| Box::new(core.service()));
+            match service.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 // Not ready or broken: no hedge now; the attempts in flight decide.
                 Poll::Pending | Poll::Ready(Err(_)) => {
@@ -544,14 +557,14 @@ where
                 this.timer.set(None);
                 break;
             };
-            this.shared.sent.increment(1);
-            let mut fut = Box::pin(this.service.call(req));
+            this.core.shared.sent.increment(1);
+            let mut fut = Box::pin(service.call(req));
             match fut.as_mut().poll(cx) {
                 Poll::Ready(result) => {
                     if let Some(done) =
-                        settle(this.shared, this.classify, result, this.last_failure)
+                        settle(&this.core.shared, this.classify, result, this.last_failure)
                     {
-                        this.shared.won.increment(1);
+                        this.core.shared.won.increment(1);
                         return Poll::Ready(done.map_err(Error::from_service));
                     }
                 }

@@ -123,15 +123,24 @@ impl Shared {
     }
 }
 
-/// What the response futures of one [`Retry`] (and its clones) share: the layer's
-/// state, and a clone of the inner service as it was when the layer was applied,
-/// from which a call that needs a second attempt takes a service of its own.
-pub(crate) struct Core<S> {
-    pub(crate) shared: Arc<Shared>,
+/// What the response futures of one [`Retry`] or [`Hedge`](crate::Hedge) (and its
+/// clones) share: the layer's state `T`, and a clone of the inner service as it was
+/// when the layer was applied, from which a call that needs a second attempt takes
+/// a service of its own.
+pub(crate) struct Core<T, S> {
+    pub(crate) shared: Arc<T>,
     template: Mutex<S>,
 }
 
-impl<S: Clone> Core<S> {
+impl<T, S: Clone> Core<T, S> {
+    /// Lanes to the state and a template clone of `inner`.
+    pub(crate) fn lanes(shared: Arc<T>, inner: &S) -> Lanes<Self> {
+        Lanes::new(Arc::new(Core {
+            shared,
+            template: Mutex::new(inner.clone()),
+        }))
+    }
+
     /// A fresh clone of the inner service, for a retry (not for a first attempt).
     #[cold]
     pub(crate) fn service(&self) -> S {
@@ -151,7 +160,7 @@ impl<S: Clone> Core<S> {
 /// common first-try success clones nothing.
 pub struct Retry<S, P, C> {
     inner: S,
-    core: Lanes<Core<S>>,
+    core: Lanes<Core<Shared, S>>,
     protocol: P,
     classify: C,
 }
@@ -178,10 +187,9 @@ impl<S: std::fmt::Debug, P, C> std::fmt::Debug for Retry<S, P, C> {
 
 impl<S: Clone, P, C> Retry<S, P, C> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>, protocol: P, classify: C) -> Self {
-        let template = Mutex::new(inner.clone());
         Self {
+            core: Core::lanes(shared, &inner),
             inner,
-            core: Lanes::new(Arc::new(Core { shared, template })),
             protocol,
             classify,
         }
