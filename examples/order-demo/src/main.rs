@@ -201,7 +201,13 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
                 format!("{service} calls {downstream}: pass --endpoint {downstream}=ADDR").into(),
             );
         }
-        stack::client(service, downstream, mode, &registry, http.clone())
+        stack::client(
+            service,
+            downstream,
+            mode,
+            registry.replicas(downstream)?,
+            http.clone(),
+        )
     };
     let dir = args.data_dir.as_path();
     let business = match service {
