@@ -156,27 +156,37 @@ mod registration {
 
         /// Registers `addr` as a replica of `service` under a lease of `ttl`, kept
         /// alive until the registration is deregistered or dropped; if the process
-        /// dies, the key goes when the lease expires.
+        /// dies, the key goes when the lease expires. Tries again for up to
+        /// `patience` while etcd cannot be reached (it may be starting too).
         pub async fn register(
             &self,
             service: &str,
             addr: SocketAddr,
             ttl: Duration,
+            patience: Duration,
         ) -> Result<Registration, BoxError> {
-            Registration::register(
-                vec![self.endpoint.clone()],
-                &self.prefix(service),
-                addr,
-                ttl,
-            )
-            .await
-            .map_err(|e| {
-                format!(
-                    "--registry {:?}: could not register {service} ({addr}) in etcd at {}: {e}",
-                    self.url, self.endpoint
+            let give_up = tokio::time::Instant::now() + patience;
+            loop {
+                let attempt = Registration::register(
+                    vec![self.endpoint.clone()],
+                    &self.prefix(service),
+                    addr,
+                    ttl,
                 )
-                .into()
-            })
+                .await;
+                match attempt {
+                    Ok(registration) => return Ok(registration),
+                    Err(e) if tokio::time::Instant::now() >= give_up => {
+                        return Err(format!(
+                            "--registry {:?}: could not register {service} ({addr}) in etcd at {} \
+                             within {patience:?}: {e}",
+                            self.url, self.endpoint
+                        )
+                        .into());
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
         }
     }
 }

@@ -168,6 +168,10 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// How long a served service waits for etcd to answer its registration.
+#[cfg(feature = "etcd")]
+const ETCD_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Where a served service's dependencies are found.
 enum Discovery {
     /// Addresses from --endpoint, in an in-process registry.
@@ -299,7 +303,9 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     let registration = match &discovery {
         Discovery::Etcd(etcd) => {
             let ttl = Duration::from_secs(args.lease_ttl);
-            let registration = etcd.register(service, handle.addr(), ttl).await?;
+            let registration = etcd
+                .register(service, handle.addr(), ttl, ETCD_PATIENCE)
+                .await?;
             println!(
                 "{service} registered in etcd at {} as {} (lease {} s)",
                 etcd.endpoint(),
