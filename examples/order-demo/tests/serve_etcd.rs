@@ -22,7 +22,8 @@ use tokio::time::Instant;
 fn etcd_endpoint() -> Option<String> {
     let endpoints = std::env::var("PALISADE_ETCD_ENDPOINTS").unwrap_or_default();
     match endpoints.split(',').map(str::trim).find(|e| !e.is_empty()) {
-        Some(first) => Some(first.to_owned()),
+        // `order-demo serve` takes HOST:PORT (etcd-client also takes URLs).
+        Some(first) => Some(first.trim_start_matches("http://").to_owned()),
         None => {
             println!("note: etcd test skipped; set PALISADE_ETCD_ENDPOINTS (see .ci/etcd.sh)");
             None
