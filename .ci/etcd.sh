@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts etcd on 127.0.0.1 (non-default ports, temporary data dir), waits until it
-# is healthy, runs palisade-balance's etcd tests against it, and stops it.
+# is healthy, runs palisade-balance's etcd tests and the order demo's separate
+# processes registered in etcd (order-demo, feature etcd) against it, and stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,5 +43,6 @@ if [ "$healthy" != 1 ]; then
     exit 1
 fi
 
-PALISADE_ETCD_ENDPOINTS="127.0.0.1:${CLIENT_PORT}" \
-    cargo test -p palisade-balance --features etcd --test etcd
+export PALISADE_ETCD_ENDPOINTS="127.0.0.1:${CLIENT_PORT}"
+cargo test -p palisade-balance --features etcd --test etcd
+cargo test -p order-demo --features etcd --test serve_etcd

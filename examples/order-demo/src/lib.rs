@@ -25,6 +25,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod discovery;
 pub mod faults;
 pub mod obs;
 pub mod registry;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use order_demo::discovery::RegistryFlag;
 use order_demo::registry::Registry;
 use order_demo::runner::{self, Options, Profile, Scenario};
 use order_demo::services::{self, GatewayClients, GatewayLimits, PaymentCapacity, order};
@@ -65,10 +66,18 @@ struct ServeArgs {
     /// The address to listen on (loopback).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Discovery: `static` (endpoints from --endpoint) or `etcd://HOST:PORT`.
+    /// Discovery: `static` (dependencies from --endpoint) or
+    /// `etcd://HOST:PORT[/ROOT]` (register under ROOT/services/<service>/, default
+    /// ROOT /palisade, and discover dependencies there; needs the `etcd` feature).
     #[arg(long, default_value = "static")]
     registry: String,
-    /// A dependency's endpoints, NAME=ADDR[,ADDR...] (repeatable).
+    /// With etcd: the lease of the registration, in seconds (kept alive while the
+    /// service runs; a killed service's key goes when it expires).
+    #[arg(long, value_name = "SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    lease_ttl: u64,
+    /// With `static`: a dependency's endpoints, NAME=ADDR[,ADDR...] (repeatable).
     #[arg(long = "endpoint", value_name = "NAME=ADDRS")]
     endpoints: Vec<String>,
     /// The folder holding the service's SQLite store.
@@ -159,14 +168,21 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// How long a served service waits for etcd to answer its registration.
+#[cfg(feature = "etcd")]
+const ETCD_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Where a served service's dependencies are found.
+enum Discovery {
+    /// Addresses from --endpoint, in an in-process registry.
+    Static(Registry),
+    /// Registration and discovery through etcd.
+    #[cfg(feature = "etcd")]
+    Etcd(order_demo::discovery::EtcdRegistry),
+}
+
 async fn serve(args: ServeArgs) -> Result<(), BoxError> {
-    if args.registry != "static" {
-        return Err(format!(
-            "--registry {}: only `static` (with --endpoint) is supported; etcd registration is not built yet",
-            args.registry
-        )
-        .into());
-    }
+    let flag: RegistryFlag = args.registry.parse()?;
     if !args.listen.ip().is_loopback() {
         return Err(format!(
             "--listen {}: the demo binds loopback addresses only",
@@ -184,24 +200,58 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
                 order_demo::SERVICES.join(", ")
             )
         })?;
-    order_demo::obs::install();
-    let registry = Registry::new();
     let mut registrations = Vec::new();
-    for spec in &args.endpoints {
-        let (name, addrs) = Registry::parse_endpoint(spec)?;
-        registrations.extend(addrs.into_iter().map(|addr| registry.register(&name, addr)));
-    }
+    let discovery = match flag {
+        RegistryFlag::Static => {
+            let registry = Registry::new();
+            for spec in &args.endpoints {
+                let (name, addrs) = Registry::parse_endpoint(spec)?;
+                registrations.extend(addrs.into_iter().map(|addr| registry.register(&name, addr)));
+            }
+            Discovery::Static(registry)
+        }
+        RegistryFlag::Etcd(etcd) => {
+            if let Some(spec) = args.endpoints.first() {
+                return Err(format!(
+                    "--endpoint {spec}: with --registry {:?} dependencies are discovered in etcd; drop --endpoint",
+                    etcd.url()
+                )
+                .into());
+            }
+            #[cfg(not(feature = "etcd"))]
+            return Err(format!(
+                "--registry {:?}: this order-demo was built without etcd support; build it with \
+                 `--features etcd` (e.g. cargo run -p order-demo --features etcd -- serve ...; \
+                 the build needs protoc)",
+                etcd.url()
+            )
+            .into());
+            #[cfg(feature = "etcd")]
+            Discovery::Etcd(etcd)
+        }
+    };
+    // Listening from the start, so a stop during startup still deregisters.
+    let stop = stop_signal()?;
+    order_demo::obs::install();
     std::fs::create_dir_all(&args.data_dir)?;
     let http = stack::http_client();
     let shutdown = CancellationToken::new();
     let mode = args.mode;
     let client = |downstream: &'static str| -> Result<stack::Client, BoxError> {
-        if registry.endpoints(downstream).is_empty() {
-            return Err(
-                format!("{service} calls {downstream}: pass --endpoint {downstream}=ADDR").into(),
-            );
-        }
-        stack::client(service, downstream, mode, &registry, http.clone())
+        let replicas = match &discovery {
+            Discovery::Static(registry) => {
+                if registry.endpoints(downstream).is_empty() {
+                    return Err(format!(
+                        "{service} calls {downstream}: pass --endpoint {downstream}=ADDR"
+                    )
+                    .into());
+                }
+                registry.replicas(downstream)?
+            }
+            #[cfg(feature = "etcd")]
+            Discovery::Etcd(etcd) => etcd.replicas(downstream)?,
+        };
+        stack::client(service, downstream, mode, replicas, http.clone())
     };
     let dir = args.data_dir.as_path();
     let business = match service {
@@ -248,8 +298,66 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     )?;
     let listener = order_demo::server::bind(args.listen).await?;
     let handle = order_demo::server::spawn(listener, app, shutdown.clone())?;
+    // Registered once it serves, so no caller finds it before it answers.
+    #[cfg(feature = "etcd")]
+    let registration = match &discovery {
+        Discovery::Etcd(etcd) => {
+            let ttl = Duration::from_secs(args.lease_ttl);
+            let registration = etcd
+                .register(service, handle.addr(), ttl, ETCD_PATIENCE)
+                .await?;
+            println!(
+                "{service} registered in etcd at {} as {} (lease {} s)",
+                etcd.endpoint(),
+                registration.key(),
+                args.lease_ttl
+            );
+            Some(registration)
+        }
+        Discovery::Static(_) => None,
+    };
     println!("{service} listening on http://{}", handle.addr());
-    tokio::signal::ctrl_c().await?;
+    stop.await;
+    // Deregistered before it stops serving, so callers move on first.
+    #[cfg(feature = "etcd")]
+    if let Some(registration) = registration {
+        let key = registration.key().to_owned();
+        match tokio::time::timeout(Duration::from_secs(3), registration.deregister()).await {
+            Ok(Ok(())) => println!("{service} deregistered {key}"),
+            Ok(Err(e)) => eprintln!(
+                "order-demo: {service}: could not deregister {key} ({e}); it goes when its lease expires"
+            ),
+            Err(_) => eprintln!(
+                "order-demo: {service}: etcd did not answer the deregistration of {key}; it goes when its lease expires"
+            ),
+        }
+    }
     shutdown.cancel();
     Ok(())
+}
+
+/// Starts listening for ctrl-c (SIGINT) and SIGTERM at once; the future ends when
+/// one arrives.
+#[cfg(unix)]
+fn stop_signal() -> Result<impl Future<Output = ()>, BoxError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+/// Listens for ctrl-c; the future ends when it arrives.
+#[cfg(not(unix))]
+fn stop_signal() -> Result<impl Future<Output = ()>, BoxError> {
+    Ok(async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No ctrl-c to wait for: run until killed.
+            std::future::pending::<()>().await;
+        }
+    })
 }

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use palisade::balance::discover::{self, Registration};
+use palisade::balance::discover::{self, DiscoveryError, Registration};
+
+use crate::stack::Replicas;
 
 /// Service name → registered replicas, and the attempts sent toward each service.
 ///
@@ -39,6 +41,15 @@ impl Registry {
     /// The addresses registered under `name` now.
     pub fn endpoints(&self, name: &str) -> Vec<SocketAddr> {
         self.discovery.endpoints(name).into_iter().collect()
+    }
+
+    /// The replicas registered under `name` as they come and go, with the counter of
+    /// the attempts sent toward `name`: what a client of `name` is built from.
+    pub fn replicas(&self, name: &str) -> Result<Replicas, DiscoveryError> {
+        Ok(Replicas {
+            endpoints: self.discovery.watch(name)?,
+            attempts: self.attempt_counter(name),
+        })
     }
 
     /// The counter of attempts sent toward `name` (every attempt that left a

@@ -11,15 +11,18 @@
 //!     → bulkhead (order, payment) → outbound deadline → per-try timeout
 //!     → balancer → hyper
 //!   ```
-//! - [`Mode::Plain`]: client metrics → round-robin over the registered replicas →
+//! - [`Mode::Plain`]: client metrics → round-robin over the discovered replicas →
 //!   hyper: no timeout, no retry, no breaker, no ejection — what a service without
 //!   resilience does.
 //!
-//! In [`Mode::Palisade`] the endpoint is a [`Balance`] over the replicas registered
-//! in the [`Registry`]: each attempt goes to the less loaded of two replicas, and a
-//! replica that keeps failing is ejected for a while, so a retry after a failed
-//! replica most likely tries another one. Every attempt is counted per downstream
-//! ([`Registry::attempts`]).
+//! A client learns its downstream's replicas from [`Replicas`]: a discovery stream
+//! (the in-process [`Registry`](crate::registry::Registry) in the all-in-one run,
+//! etcd for separate processes) and the counter of the attempts it sends
+//! ([`Registry::attempts`](crate::registry::Registry::attempts)). In
+//! [`Mode::Palisade`] the endpoint is a [`Balance`] over those replicas: each attempt
+//! goes to the less loaded of two replicas, and a replica that keeps failing is
+//! ejected for a while, so a retry after a failed replica most likely tries another
+//! one.
 //!
 //! Requests carry a path only (`/credit/reserve`); the endpoint layer fills in the
 //! address. A [`CallTrace`] in the request's extensions tells the caller afterwards
@@ -27,10 +30,12 @@
 //! (sent, then timed out or cut off): only then can the call have had an effect the
 //! caller does not know about.
 
+use std::collections::BTreeSet;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -41,6 +46,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use palisade::balance::Balance;
+use palisade::balance::discover::EndpointStream;
 use palisade::balance::http::SetAuthority;
 use palisade::breaker::{BreakerConfig, WindowConfig};
 use palisade::fallback::http::CACHE_HEADER;
@@ -54,10 +60,9 @@ use palisade::{
     BoxError, ConfigError, Downstream, Error, HttpClassifier, Rejection, RejectionKind,
 };
 use tokio::time::Instant;
+use tower::discover::{Change, Discover};
 use tower::util::{BoxCloneSyncService, Either, MapResponseLayer};
 use tower::{Layer, Service, ServiceExt};
-
-use crate::registry::Registry;
 
 /// With or without Palisade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -214,13 +219,56 @@ impl Service<OutRequest> for Attempt {
     }
 }
 
-/// [`Mode::Plain`]'s endpoint: each attempt to the next registered replica in turn.
+/// Where a client finds its downstream's replicas, and where it counts the attempts
+/// it sends toward them.
+#[derive(Debug)]
+pub struct Replicas {
+    /// The replicas' addresses as they come and go, from any discovery source.
+    pub endpoints: EndpointStream,
+    /// Counts every attempt sent toward the downstream.
+    pub attempts: Arc<AtomicU64>,
+}
+
+impl Replicas {
+    /// The replicas `endpoints` yields, with a counter of their own.
+    pub fn new(endpoints: EndpointStream) -> Self {
+        Self {
+            endpoints,
+            attempts: Arc::default(),
+        }
+    }
+}
+
+/// [`Mode::Plain`]'s endpoint: each attempt to the next discovered replica in turn.
 #[derive(Clone)]
 pub struct RoundRobin {
     attempt: Attempt,
-    discovery: palisade::balance::discover::Registry,
+    replicas: Arc<Mutex<Followed>>,
     downstream: &'static str,
     next: Arc<AtomicUsize>,
+}
+
+/// A discovery stream and the replicas it has announced so far.
+struct Followed {
+    endpoints: EndpointStream,
+    known: BTreeSet<SocketAddr>,
+}
+
+impl Followed {
+    /// Takes in every change the stream has ready.
+    fn catch_up(&mut self, cx: &mut Context<'_>) {
+        while let Poll::Ready(Some(change)) = Pin::new(&mut self.endpoints).poll_discover(cx) {
+            match change {
+                Ok(Change::Insert(addr, ())) => {
+                    self.known.insert(addr);
+                }
+                Ok(Change::Remove(addr)) => {
+                    self.known.remove(&addr);
+                }
+                Err(never) => match never {},
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for RoundRobin {
@@ -236,18 +284,28 @@ impl Service<OutRequest> for RoundRobin {
     type Error = BoxError;
     type Future = BoxFuture<Result<AttemptResponse, BoxError>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Like the balancer, learn of replicas that came or went before each call.
+        self.replicas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .catch_up(cx);
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: OutRequest) -> Self::Future {
-        let endpoints = self.discovery.endpoints(self.downstream);
-        if endpoints.is_empty() {
-            let rejection = Rejection::new(RejectionKind::NoEndpoints);
-            return Box::pin(async move { Err(BoxError::from(rejection)) });
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-        let Some(&addr) = endpoints.iter().nth(i) else {
+        let picked = {
+            let replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+            let known = &replicas.known;
+            match known.len() {
+                0 => None,
+                n => known
+                    .iter()
+                    .nth(self.next.fetch_add(1, Ordering::Relaxed) % n)
+                    .copied(),
+            }
+        };
+        let Some(addr) = picked else {
             let rejection = Rejection::new(RejectionKind::NoEndpoints);
             return Box::pin(async move { Err(BoxError::from(rejection)) });
         };
@@ -311,24 +369,45 @@ pub fn policy(downstream: &str) -> Policy {
     }
 }
 
-/// The client `caller` uses to call `downstream` (whose replicas are registered in
-/// `registry`) in `mode`.
+/// The client `caller` uses to call `downstream`, whose replicas it learns from
+/// `replicas`, in `mode`.
+///
+/// ```no_run
+/// # fn main() -> Result<(), palisade::BoxError> {
+/// use order_demo::registry::Registry;
+/// use order_demo::stack::{self, Mode};
+///
+/// let registry = Registry::new();
+/// let _replica = registry.register("catalog", "127.0.0.1:7105".parse()?);
+/// let catalog = stack::client(
+///     "gateway",
+///     "catalog",
+///     Mode::Palisade,
+///     registry.replicas("catalog")?,
+///     stack::http_client(),
+/// )?;
+/// # drop(catalog);
+/// # Ok(()) }
+/// ```
 pub fn client(
     caller: &'static str,
     downstream: &'static str,
     mode: Mode,
-    registry: &Registry,
+    replicas: Replicas,
     http: HttpClient,
 ) -> Result<Client, BoxError> {
     let attempt = Attempt {
         http,
-        attempts: registry.attempt_counter(downstream),
+        attempts: replicas.attempts,
     };
     let inner: Client = match mode {
         Mode::Plain => collect_bodies(
             RoundRobin {
                 attempt,
-                discovery: registry.discovery().clone(),
+                replicas: Arc::new(Mutex::new(Followed {
+                    endpoints: replicas.endpoints,
+                    known: BTreeSet::new(),
+                })),
                 downstream,
                 next: Arc::new(AtomicUsize::new(0)),
             }
@@ -337,10 +416,7 @@ pub fn client(
         Mode::Palisade => {
             let balance = Balance::builder(downstream)
                 .classify(HttpClassifier)
-                .build(
-                    registry.discovery().watch(downstream)?,
-                    SetAuthority::maker(attempt),
-                )?;
+                .build(replicas.endpoints, SetAuthority::maker(attempt))?;
             collect_bodies(palisade_client(downstream, balance)?)
         }
     };

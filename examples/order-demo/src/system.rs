@@ -148,7 +148,13 @@ impl System {
         let mode = config.mode;
         let client =
             |caller: &'static str, downstream: &'static str| -> Result<stack::Client, BoxError> {
-                stack::client(caller, downstream, mode, &registry, http.clone())
+                stack::client(
+                    caller,
+                    downstream,
+                    mode,
+                    registry.replicas(downstream)?,
+                    http.clone(),
+                )
             };
         let payment = PaymentCapacity::new(config.payment_workers, config.payment_time);
 

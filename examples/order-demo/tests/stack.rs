@@ -57,7 +57,7 @@ async fn a_dead_replica_is_skipped_and_a_dead_catalog_is_answered_stale() {
         "gateway",
         "catalog",
         Mode::Palisade,
-        &registry,
+        registry.replicas("catalog").expect("a valid name"),
         stack::http_client(),
     )
     .expect("the client builds");
@@ -105,7 +105,7 @@ async fn plain_clients_take_turns_and_have_no_stale_answers() {
         "gateway",
         "catalog",
         Mode::Plain,
-        &registry,
+        registry.replicas("catalog").expect("a valid name"),
         stack::http_client(),
     )
     .expect("the client builds");
@@ -125,5 +125,42 @@ async fn plain_clients_take_turns_and_have_no_stale_answers() {
     take_down(&b).await;
     let err = stack::send(&client, stack::get("/prices").expect("a request")).await;
     assert!(err.is_err(), "no cache without Palisade: {err:?}");
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_kinds_of_client_follow_replicas_that_come_and_go() {
+    let shutdown = CancellationToken::new();
+    let a = replica("prices from a", &shutdown).await;
+    let b = replica("prices from b", &shutdown).await;
+    for mode in Mode::ALL {
+        let registry = Registry::new();
+        let ra = registry.register("catalog", a.addr());
+        let client = stack::client(
+            "gateway",
+            "catalog",
+            mode,
+            registry.replicas("catalog").expect("a valid name"),
+            stack::http_client(),
+        )
+        .expect("the client builds");
+        assert_eq!(prices(&client).await.1, "prices from a", "{mode:?}");
+
+        // b joins, a leaves: once the client has heard (the balancer follows in a
+        // task of its own), only b answers.
+        let _rb = registry.register("catalog", b.addr());
+        drop(ra);
+        let started = tokio::time::Instant::now();
+        while prices(&client).await.1 != "prices from b" {
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{mode:?}: b never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for _ in 0..10 {
+            assert_eq!(prices(&client).await.1, "prices from b", "{mode:?}");
+        }
+    }
     shutdown.cancel();
 }

@@ -110,6 +110,22 @@ async fn registrations_appear_and_a_dead_registrant_leaves_within_its_lease() {
         || addrs(&balance).is_empty(),
     )
     .await;
+
+    // Deregistering returns once etcd has deleted the key.
+    let third = Registration::register(endpoints.clone(), &prefix, addr(9103), ttl * 30)
+        .await
+        .unwrap();
+    until("the third registration", Duration::from_secs(5), || {
+        addrs(&balance) == vec![addr(9103)]
+    })
+    .await;
+    third.deregister().await.unwrap();
+    until(
+        "the deregistered key to leave",
+        Duration::from_secs(1),
+        || addrs(&balance).is_empty(),
+    )
+    .await;
 }
 
 /// An etcd of the test's own, so the test can stop and restart it.

@@ -302,6 +302,18 @@ impl Registration {
     pub fn abandon(mut self) {
         self.revoke = false;
     }
+
+    /// Stops the heartbeat and revokes the lease, returning once etcd has deleted
+    /// the key: for a clean shutdown, where the process may exit right after (a
+    /// dropped registration revokes in the background, which an exiting runtime
+    /// may cut short).
+    pub async fn deregister(mut self) -> Result<(), etcd_client::Error> {
+        self.task.abort();
+        self.revoke = false;
+        let mut client = Client::connect(&self.endpoints, Some(connect_options())).await?;
+        client.lease_revoke(self.lease()).await?;
+        Ok(())
+    }
 }
 
 impl Drop for Registration {
