@@ -312,13 +312,25 @@ pub fn policy(downstream: &str) -> Policy {
 }
 
 /// The client `caller` uses to call `downstream` (whose replicas are registered in
-/// `registry`) in `mode`.
+/// `registry`) in `mode`, with the downstream's [`policy`].
 pub fn client(
     caller: &'static str,
     downstream: &'static str,
     mode: Mode,
     registry: &Registry,
     http: HttpClient,
+) -> Result<Client, BoxError> {
+    client_with_policy(caller, downstream, mode, registry, http, policy(downstream))
+}
+
+/// [`client`] with the policies given (used in [`Mode::Palisade`] only).
+pub fn client_with_policy(
+    caller: &'static str,
+    downstream: &'static str,
+    mode: Mode,
+    registry: &Registry,
+    http: HttpClient,
+    policy: Policy,
 ) -> Result<Client, BoxError> {
     let attempt = Attempt {
         http,
@@ -341,7 +353,7 @@ pub fn client(
                     registry.discovery().watch(downstream)?,
                     SetAuthority::maker(attempt),
                 )?;
-            collect_bodies(palisade_client(downstream, balance)?)
+            collect_bodies(palisade_client(downstream, policy, balance)?)
         }
     };
     let measured = tower::service_fn(move |req: OutRequest| {
@@ -431,10 +443,11 @@ fn breaker_config() -> BreakerConfig {
     }
 }
 
-/// `downstream`'s Palisade stack over `endpoint`: a [`Downstream`] with the
-/// downstream's [`Policy`].
+/// `downstream`'s Palisade stack over `endpoint`: a [`Downstream`] with policies
+/// `p`.
 fn palisade_client<E>(
     downstream: &'static str,
+    p: Policy,
     endpoint: E,
 ) -> Result<BoxCloneSyncService<OutRequest, StackResponse, Error>, ConfigError>
 where
@@ -445,7 +458,6 @@ where
         + 'static,
     E::Future: Send + 'static,
 {
-    let p = policy(downstream);
     // Without a cache the answer is passed on as it came, in the cache's body type.
     let cache = if p.stale_cache {
         Either::Left(CacheLayer::http(downstream, stale_if_error())?)

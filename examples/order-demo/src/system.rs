@@ -38,10 +38,16 @@ pub struct SystemConfig {
     pub seed: u64,
     /// Payments processed at once.
     pub payment_workers: usize,
-    /// Time to process one payment.
+    /// Time to process one payment (zero: at once).
     pub payment_time: Duration,
     /// The gateway's limits (used in Palisade mode).
     pub gateway: GatewayLimits,
+    /// In Palisade mode, every client bulkhead (gateway → order, order → payment;
+    /// see [`stack::policy`]) lets this many calls through at once and queues as
+    /// many more; `None` keeps each downstream's own limits (8 and 8). Raising them
+    /// shows the stacks' cost without the demo's deliberate capacity limits, as the
+    /// gateway throughput benchmark does.
+    pub bulkhead_limit: Option<u32>,
     /// The admin API token.
     pub admin_token: String,
 }
@@ -146,9 +152,17 @@ impl System {
         }
         let token: Arc<str> = Arc::from(config.admin_token.as_str());
         let mode = config.mode;
+        let bulkhead_limit = config.bulkhead_limit;
         let client =
             |caller: &'static str, downstream: &'static str| -> Result<stack::Client, BoxError> {
-                stack::client(caller, downstream, mode, &registry, http.clone())
+                let mut policy = stack::policy(downstream);
+                if let (Some(limit), Some((max_concurrent, max_queue, _))) =
+                    (bulkhead_limit, policy.bulkhead.as_mut())
+                {
+                    *max_concurrent = limit;
+                    *max_queue = limit;
+                }
+                stack::client_with_policy(caller, downstream, mode, &registry, http.clone(), policy)
             };
         let payment = PaymentCapacity::new(config.payment_workers, config.payment_time);
 
