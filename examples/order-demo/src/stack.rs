@@ -266,6 +266,9 @@ pub struct Policy {
     pub breaker: bool,
     /// A bulkhead: (max concurrent, max queue, max wait).
     pub bulkhead: Option<(u32, u32, Duration)>,
+    /// Instead of a bulkhead, an adaptive concurrency limit (Gradient2) with SRE
+    /// client-side throttling: (min, initial, max) calls at once.
+    pub adaptive_limit: Option<(u32, u32, u32)>,
     /// Whether GETs fall back to the last good answer.
     pub stale_cache: bool,
 }
@@ -280,6 +283,7 @@ pub fn policy(downstream: &str) -> Policy {
         attempts: 3,
         breaker: true,
         bulkhead: None,
+        adaptive_limit: None,
         stale_cache: false,
     };
     match downstream {
@@ -305,6 +309,13 @@ pub fn policy(downstream: &str) -> Policy {
             attempts: 2,
             breaker: false,
             bulkhead: Some((8, 8, Duration::from_millis(250))),
+            ..base
+        },
+        // Shipment books parcels at its own pace: its concurrency follows its
+        // latency, never below 16 at once, and throttling stops sending work it
+        // keeps refusing.
+        "shipment" => Policy {
+            adaptive_limit: Some((16, 32, 64)),
             ..base
         },
         _ => base,
@@ -479,16 +490,13 @@ where
             max_queue,
             max_wait,
         });
-    // Shipment books parcels at its own pace: its concurrency follows its latency
-    // (Gradient2, never below 16 at once), and SRE client-side throttling stops
-    // sending work it keeps refusing.
-    if downstream == "shipment" {
+    if let Some((min_limit, initial_limit, max_limit)) = p.adaptive_limit {
         return Ok(BoxCloneSyncService::new(
             base.breaker(breaker_config())
                 .adaptive_limit(AdaptiveLimitConfig {
-                    min_limit: 16,
-                    max_limit: 64,
-                    initial_limit: Some(32),
+                    min_limit,
+                    max_limit,
+                    initial_limit: Some(initial_limit),
                     ..AdaptiveLimitConfig::default()
                 })
                 .throttle(ThrottleConfig::default())

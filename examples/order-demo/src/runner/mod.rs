@@ -261,7 +261,7 @@ impl Profile {
                 per_client_rate: ((capacity * 1.25) / 4.0).ceil().max(1.0) as u32,
                 max_in_flight: 64,
             },
-            bulkhead_limit: None,
+            concurrency_limit: None,
             admin_token: format!("demo-admin-{seed:x}"),
         }
     }
