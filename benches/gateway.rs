@@ -39,6 +39,10 @@
 //! each request caused to each service behind the gateway, and the share of overviews
 //! with a part served stale, so the figures can be read with that in mind.
 //!
+//! It also prints the CPU time each request took, the whole process counted (every
+//! service and the load generator), over the timed samples: on a machine shared
+//! with other work that figure moves less than requests per second do.
+//!
 //! `cargo bench -p palisade-benches --bench gateway`
 
 use std::sync::Arc;
@@ -100,6 +104,10 @@ struct Target {
     next: AtomicU64,
     /// Overviews answered with a part served stale from the cache.
     stale: AtomicU64,
+    /// Requests made in timed samples, and the CPU time (clock ticks of this whole
+    /// process: every service and the load) those samples took.
+    timed: AtomicU64,
+    cpu_ticks: AtomicU64,
 }
 
 impl Target {
@@ -132,6 +140,8 @@ impl Target {
             orders,
             next: AtomicU64::new(0),
             stale: AtomicU64::new(0),
+            timed: AtomicU64::new(0),
+            cpu_ticks: AtomicU64::new(0),
         }))
     }
 
@@ -208,6 +218,7 @@ impl Target {
     /// took. Panics, saying how many failed and how, if any answer was not a success.
     async fn drive(self: &Arc<Self>, route: Route, requests: u64, connections: u64) -> Duration {
         let remaining = Arc::new(AtomicU64::new(requests));
+        let cpu_before = cpu_ticks();
         let start = Instant::now();
         let tasks: Vec<_> = (0..connections.min(requests))
             .map(|_| {
@@ -230,6 +241,11 @@ impl Target {
             .collect();
         let joined = tokio::time::timeout(SAMPLE_LIMIT, futures_join(tasks)).await;
         let elapsed = start.elapsed();
+        if let (Some(before), Some(after)) = (cpu_before, cpu_ticks()) {
+            self.cpu_ticks
+                .fetch_add(after.saturating_sub(before), Ordering::Relaxed);
+            self.timed.fetch_add(requests, Ordering::Relaxed);
+        }
         let Ok(results) = joined else {
             panic!(
                 "{} {route:?}: {requests} requests not answered within {SAMPLE_LIMIT:?}",
@@ -253,6 +269,19 @@ impl Target {
         );
         elapsed
     }
+}
+
+/// Clock ticks (1/100 s on Linux) this process has spent on CPU, user and system,
+/// all threads; `None` where `/proc/self/stat` cannot be read.
+fn cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (in parentheses, which may hold spaces):
+    // state is the 3rd field, utime the 14th and stime the 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// Awaits every task in turn.
@@ -295,6 +324,8 @@ struct Tally {
     requests: u64,
     stale: u64,
     calls: [u64; CALLEES.len()],
+    timed: u64,
+    cpu_ticks: u64,
 }
 
 impl Target {
@@ -304,6 +335,8 @@ impl Target {
             requests: self.next.load(Ordering::Relaxed),
             stale: self.stale.load(Ordering::Relaxed),
             calls: CALLEES.map(|callee| registry.attempts(callee)),
+            timed: self.timed.load(Ordering::Relaxed),
+            cpu_ticks: self.cpu_ticks.load(Ordering::Relaxed),
         }
     }
 }
@@ -339,8 +372,17 @@ fn route(
             ),
             Route::Order => String::new(),
         };
+        // CPU per request over the timed samples only (not criterion's analysis).
+        // Under a second of CPU (a test run) says nothing at a tick's resolution.
+        let timed = after.timed - before.timed;
+        let ticks = after.cpu_ticks - before.cpu_ticks;
+        let cpu = if ticks < 100 {
+            String::from("-")
+        } else {
+            format!("{:.0} µs", ticks as f64 * 10_000.0 / timed as f64)
+        };
         println!(
-            "{} {route:?}: {requests} requests; calls per request: {}{stale}",
+            "{} {route:?}: {requests} requests; CPU per request (the whole process) {cpu}; calls per request: {}{stale}",
             target.mode.as_str(),
             calls.join(", "),
         );
