@@ -477,6 +477,9 @@ pub struct GatewayClients {
 /// gateway: `POST /orders` (to order), `GET /customers/{id}/overview` (customer,
 /// order history and catalog in parallel).
 pub fn gateway(clients: GatewayClients) -> Router {
+    // Behind an `Arc`: the state is cloned for every request, and a clone of the
+    // clients would clone each client's whole stack.
+    let clients = Arc::new(clients);
     Router::new()
         .route("/orders", post(gateway_place))
         .route("/customers/{id}/overview", get(gateway_overview))
@@ -507,7 +510,7 @@ fn proxy_answer(result: Result<stack::OutResponse, Error>) -> Response {
 }
 
 async fn gateway_place(
-    State(c): State<GatewayClients>,
+    State(c): State<Arc<GatewayClients>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -542,7 +545,7 @@ async fn fetch_json(client: &Client, path: &str) -> (Option<serde_json::Value>, 
     }
 }
 
-async fn gateway_overview(State(c): State<GatewayClients>, Path(id): Path<i64>) -> Response {
+async fn gateway_overview(State(c): State<Arc<GatewayClients>>, Path(id): Path<i64>) -> Response {
     let customer_path = format!("/customers/{id}");
     let history_path = format!("/orders?customer_id={id}");
     let (customer, history, prices) = tokio::join!(

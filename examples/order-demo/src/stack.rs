@@ -367,23 +367,67 @@ pub fn client_with_policy(
             collect_bodies(palisade_client(downstream, policy, balance)?)
         }
     };
-    let measured = tower::service_fn(move |req: OutRequest| {
-        let inner = inner.clone();
-        async move {
-            let started = Instant::now();
-            let method = req.method().clone();
-            let result = inner.oneshot(req).await;
-            crate::obs::record_client(
-                caller,
-                downstream,
-                &method,
-                result.as_ref().ok().map(|r| r.status()),
-                started,
-            );
-            result
+    Ok(BoxCloneSyncService::new(Measured {
+        inner,
+        caller,
+        downstream,
+    }))
+}
+
+/// Records each call's duration and status ([`crate::obs::record_client`]).
+///
+/// A service of its own rather than a closure around the client, so that a call
+/// clones the client's stack once (its caller's clone), not twice.
+#[derive(Clone)]
+struct Measured {
+    inner: Client,
+    caller: &'static str,
+    downstream: &'static str,
+}
+
+impl Service<OutRequest> for Measured {
+    type Response = OutResponse;
+    type Error = Error;
+    type Future = MeasuredFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: OutRequest) -> MeasuredFuture {
+        MeasuredFuture {
+            started: Instant::now(),
+            method: req.method().clone(),
+            caller: self.caller,
+            downstream: self.downstream,
+            inner: self.inner.call(req),
         }
-    });
-    Ok(BoxCloneSyncService::new(measured))
+    }
+}
+
+/// The future of [`Measured`]: the call, recorded when it ends.
+struct MeasuredFuture {
+    inner: <Client as Service<OutRequest>>::Future,
+    started: Instant,
+    method: http::Method,
+    caller: &'static str,
+    downstream: &'static str,
+}
+
+impl Future for MeasuredFuture {
+    type Output = Result<OutResponse, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = std::task::ready!(self.inner.as_mut().poll(cx));
+        crate::obs::record_client(
+            self.caller,
+            self.downstream,
+            &self.method,
+            result.as_ref().ok().map(|r| r.status()),
+            self.started,
+        );
+        Poll::Ready(result)
+    }
 }
 
 /// The retry settings every downstream shares (attempts from its [`Policy`]).
