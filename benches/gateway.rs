@@ -21,7 +21,7 @@
 //! Every other policy stays as the demo has it: retry with its budget, circuit
 //! breakers, per-try timeouts, deadline propagation, power-of-two-choices balancing
 //! with outlier ejection, the stale-if-error cache of customer and catalog, the
-//! adaptive limit and throttle toward shipment, metrics into a Prometheus recorder.
+//! client-side throttle toward shipment, metrics into a Prometheus recorder.
 //!
 //! Routes: `GET /customers/{id}/overview` (customer, order history and catalog in
 //! parallel) and `POST /orders` (the whole chain: catalog, then credit, stock,
