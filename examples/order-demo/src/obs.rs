@@ -13,13 +13,15 @@
 //! | `demo_orders_total` | counter | `outcome` (placed, failed, compensated) |
 //! | `demo_scenario_active` | gauge | `scenario`, `mode` |
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, OnceLock, RwLock};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::get;
+use metrics::Histogram;
 use palisade::prometheus::PrometheusHandle;
 use tokio::time::Instant;
 
@@ -116,6 +118,25 @@ pub fn set_scenario_active(scenario: &'static str, mode: &'static str, active: b
     });
 }
 
+/// Whether the demo's recorder is the process's: only then are series handles kept
+/// (a handle from another recorder, or from before one was installed, would stick).
+fn keep_handles() -> bool {
+    matches!(HANDLE.get(), Some(Some(_)))
+}
+
+/// Client series by (service, peer, method, status).
+type ClientSeries = HashMap<(&'static str, &'static str, &'static str, Option<u16>), Histogram>;
+/// Server series by (service, method, status), then route.
+type ServerSeries = HashMap<(&'static str, &'static str, u16), HashMap<Box<str>, Histogram>>;
+
+// The histogram handles of the demo's series, kept once registered: a request finds
+// its series here instead of building its labels (two strings allocated) and having
+// the recorder look them up. Every label comes from a closed set (services, peers,
+// route templates, methods, status codes), so the maps stay small. A series still
+// appears on its first use, as before.
+static CLIENT_SERIES: LazyLock<RwLock<ClientSeries>> = LazyLock::new(Default::default);
+static SERVER_SERIES: LazyLock<RwLock<ServerSeries>> = LazyLock::new(Default::default);
+
 /// Records one client call: `status` is `None` when no answer came.
 pub fn record_client(
     service: &'static str,
@@ -124,15 +145,73 @@ pub fn record_client(
     status: Option<http::StatusCode>,
     started: Instant,
 ) {
-    let status = status.map_or_else(|| "none".to_owned(), |s| s.as_u16().to_string());
-    metrics::histogram!(
-        CLIENT_DURATION,
-        "service" => service,
-        "peer" => peer,
-        "http_request_method" => method_label(method),
-        "http_response_status_code" => status,
-    )
-    .record(started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    let method = method_label(method);
+    let status = status.map(|s| s.as_u16());
+    let key = (service, peer, method, status);
+    let register = || {
+        let status = status.map_or_else(|| "none".to_owned(), |s| s.to_string());
+        metrics::histogram!(
+            CLIENT_DURATION,
+            "service" => service,
+            "peer" => peer,
+            "http_request_method" => method,
+            "http_response_status_code" => status,
+        )
+    };
+    if !keep_handles() {
+        register().record(seconds);
+        return;
+    }
+    if let Ok(series) = CLIENT_SERIES.read()
+        && let Some(histogram) = series.get(&key)
+    {
+        histogram.record(seconds);
+        return;
+    }
+    let histogram = register();
+    histogram.record(seconds);
+    if let Ok(mut series) = CLIENT_SERIES.write() {
+        series.insert(key, histogram);
+    }
+}
+
+/// Records one request served by `service`.
+fn record_server(
+    service: &'static str,
+    route: &str,
+    method: &'static str,
+    status: u16,
+    seconds: f64,
+) {
+    let register = || {
+        metrics::histogram!(
+            SERVER_DURATION,
+            "service" => service,
+            "http_route" => route.to_owned(),
+            "http_request_method" => method,
+            "http_response_status_code" => status.to_string(),
+        )
+    };
+    if !keep_handles() {
+        register().record(seconds);
+        return;
+    }
+    let key = (service, method, status);
+    if let Ok(series) = SERVER_SERIES.read()
+        && let Some(histogram) = series.get(&key).and_then(|routes| routes.get(route))
+    {
+        histogram.record(seconds);
+        return;
+    }
+    let histogram = register();
+    histogram.record(seconds);
+    if let Ok(mut series) = SERVER_SERIES.write() {
+        series
+            .entry(key)
+            .or_default()
+            .insert(route.into(), histogram);
+    }
 }
 
 /// The method label: the standard methods by name, anything else `_OTHER`.
@@ -157,20 +236,17 @@ pub async fn server_metrics(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    // The route template is shared (an `Arc<str>` inside), so keeping it is cheap.
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let method = method_label(req.method());
     let res = next.run(req).await;
-    metrics::histogram!(
-        SERVER_DURATION,
-        "service" => service,
-        "http_route" => route,
-        "http_request_method" => method,
-        "http_response_status_code" => res.status().as_u16().to_string(),
-    )
-    .record(started.elapsed().as_secs_f64());
+    record_server(
+        service,
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        method,
+        res.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     res
 }
 

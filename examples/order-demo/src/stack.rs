@@ -324,6 +324,9 @@ pub struct Policy {
     pub breaker: bool,
     /// A bulkhead: (max concurrent, max queue, max wait).
     pub bulkhead: Option<(u32, u32, Duration)>,
+    /// Instead of a bulkhead, an adaptive concurrency limit (Gradient2) with SRE
+    /// client-side throttling: (min, initial, max) calls at once.
+    pub adaptive_limit: Option<(u32, u32, u32)>,
     /// Whether GETs fall back to the last good answer.
     pub stale_cache: bool,
 }
@@ -338,6 +341,7 @@ pub fn policy(downstream: &str) -> Policy {
         attempts: 3,
         breaker: true,
         bulkhead: None,
+        adaptive_limit: None,
         stale_cache: false,
     };
     match downstream {
@@ -365,12 +369,19 @@ pub fn policy(downstream: &str) -> Policy {
             bulkhead: Some((8, 8, Duration::from_millis(250))),
             ..base
         },
+        // Shipment books parcels at its own pace: its concurrency follows its
+        // latency, never below 16 at once, and throttling stops sending work it
+        // keeps refusing.
+        "shipment" => Policy {
+            adaptive_limit: Some((16, 32, 64)),
+            ..base
+        },
         _ => base,
     }
 }
 
 /// The client `caller` uses to call `downstream`, whose replicas it learns from
-/// `replicas`, in `mode`.
+/// `replicas`, in `mode`, with the downstream's [`policy`].
 ///
 /// ```no_run
 /// # fn main() -> Result<(), palisade::BoxError> {
@@ -396,6 +407,18 @@ pub fn client(
     replicas: Replicas,
     http: HttpClient,
 ) -> Result<Client, BoxError> {
+    client_with_policy(caller, downstream, mode, replicas, http, policy(downstream))
+}
+
+/// [`client`] with the policies given (used in [`Mode::Palisade`] only).
+pub fn client_with_policy(
+    caller: &'static str,
+    downstream: &'static str,
+    mode: Mode,
+    replicas: Replicas,
+    http: HttpClient,
+    policy: Policy,
+) -> Result<Client, BoxError> {
     let attempt = Attempt {
         http,
         attempts: replicas.attempts,
@@ -417,26 +440,70 @@ pub fn client(
             let balance = Balance::builder(downstream)
                 .classify(HttpClassifier)
                 .build(replicas.endpoints, SetAuthority::maker(attempt))?;
-            collect_bodies(palisade_client(downstream, balance)?)
+            collect_bodies(palisade_client(downstream, policy, balance)?)
         }
     };
-    let measured = tower::service_fn(move |req: OutRequest| {
-        let inner = inner.clone();
-        async move {
-            let started = Instant::now();
-            let method = req.method().clone();
-            let result = inner.oneshot(req).await;
-            crate::obs::record_client(
-                caller,
-                downstream,
-                &method,
-                result.as_ref().ok().map(|r| r.status()),
-                started,
-            );
-            result
+    Ok(BoxCloneSyncService::new(Measured {
+        inner,
+        caller,
+        downstream,
+    }))
+}
+
+/// Records each call's duration and status ([`crate::obs::record_client`]).
+///
+/// A service of its own rather than a closure around the client, so that a call
+/// clones the client's stack once (its caller's clone), not twice.
+#[derive(Clone)]
+struct Measured {
+    inner: Client,
+    caller: &'static str,
+    downstream: &'static str,
+}
+
+impl Service<OutRequest> for Measured {
+    type Response = OutResponse;
+    type Error = Error;
+    type Future = MeasuredFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: OutRequest) -> MeasuredFuture {
+        MeasuredFuture {
+            started: Instant::now(),
+            method: req.method().clone(),
+            caller: self.caller,
+            downstream: self.downstream,
+            inner: self.inner.call(req),
         }
-    });
-    Ok(BoxCloneSyncService::new(measured))
+    }
+}
+
+/// The future of [`Measured`]: the call, recorded when it ends.
+struct MeasuredFuture {
+    inner: <Client as Service<OutRequest>>::Future,
+    started: Instant,
+    method: http::Method,
+    caller: &'static str,
+    downstream: &'static str,
+}
+
+impl Future for MeasuredFuture {
+    type Output = Result<OutResponse, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = std::task::ready!(self.inner.as_mut().poll(cx));
+        crate::obs::record_client(
+            self.caller,
+            self.downstream,
+            &self.method,
+            result.as_ref().ok().map(|r| r.status()),
+            self.started,
+        );
+        Poll::Ready(result)
+    }
 }
 
 /// The retry settings every downstream shares (attempts from its [`Policy`]).
@@ -507,10 +574,11 @@ fn breaker_config() -> BreakerConfig {
     }
 }
 
-/// `downstream`'s Palisade stack over `endpoint`: a [`Downstream`] with the
-/// downstream's [`Policy`].
+/// `downstream`'s Palisade stack over `endpoint`: a [`Downstream`] with policies
+/// `p`.
 fn palisade_client<E>(
     downstream: &'static str,
+    p: Policy,
     endpoint: E,
 ) -> Result<BoxCloneSyncService<OutRequest, StackResponse, Error>, ConfigError>
 where
@@ -521,7 +589,6 @@ where
         + 'static,
     E::Future: Send + 'static,
 {
-    let p = policy(downstream);
     // Without a cache the answer is passed on as it came, in the cache's body type.
     let cache = if p.stale_cache {
         Either::Left(CacheLayer::http(downstream, stale_if_error())?)
@@ -543,16 +610,13 @@ where
             max_queue,
             max_wait,
         });
-    // Shipment books parcels at its own pace: its concurrency follows its latency
-    // (Gradient2, never below 16 at once), and SRE client-side throttling stops
-    // sending work it keeps refusing.
-    if downstream == "shipment" {
+    if let Some((min_limit, initial_limit, max_limit)) = p.adaptive_limit {
         return Ok(BoxCloneSyncService::new(
             base.breaker(breaker_config())
                 .adaptive_limit(AdaptiveLimitConfig {
-                    min_limit: 16,
-                    max_limit: 64,
-                    initial_limit: Some(32),
+                    min_limit,
+                    max_limit,
+                    initial_limit: Some(initial_limit),
                     ..AdaptiveLimitConfig::default()
                 })
                 .throttle(ThrottleConfig::default())

@@ -38,10 +38,18 @@ pub struct SystemConfig {
     pub seed: u64,
     /// Payments processed at once.
     pub payment_workers: usize,
-    /// Time to process one payment.
+    /// Time to process one payment (zero: at once).
     pub payment_time: Duration,
     /// The gateway's limits (used in Palisade mode).
     pub gateway: GatewayLimits,
+    /// In Palisade mode, every client-side concurrency limit lets at least this
+    /// many calls through at once: the bulkheads (gateway → order, order → payment)
+    /// take this many at once and queue as many more, and the adaptive limit toward
+    /// shipment never goes below it. `None` keeps each downstream's own limits (see
+    /// [`stack::policy`]: bulkheads of 8 and 8, shipment adaptive between 16 and
+    /// 64). Raising them shows the stacks' cost without the demo's deliberate
+    /// capacity limits, as the gateway throughput benchmark does.
+    pub concurrency_limit: Option<u32>,
     /// The admin API token.
     pub admin_token: String,
 }
@@ -146,14 +154,28 @@ impl System {
         }
         let token: Arc<str> = Arc::from(config.admin_token.as_str());
         let mode = config.mode;
+        let concurrency_limit = config.concurrency_limit;
         let client =
             |caller: &'static str, downstream: &'static str| -> Result<stack::Client, BoxError> {
-                stack::client(
+                let mut policy = stack::policy(downstream);
+                if let Some(limit) = concurrency_limit {
+                    if let Some((max_concurrent, max_queue, _)) = policy.bulkhead.as_mut() {
+                        *max_concurrent = limit;
+                        *max_queue = limit;
+                    }
+                    if let Some((min, initial, max)) = policy.adaptive_limit.as_mut() {
+                        *min = (*min).max(limit);
+                        *initial = (*initial).max(limit);
+                        *max = (*max).max(limit);
+                    }
+                }
+                stack::client_with_policy(
                     caller,
                     downstream,
                     mode,
                     registry.replicas(downstream)?,
                     http.clone(),
+                    policy,
                 )
             };
         let payment = PaymentCapacity::new(config.payment_workers, config.payment_time);

@@ -18,6 +18,7 @@ use crate::services::{GatewayLimits, PaymentCapacity};
 use crate::stack::Mode;
 use crate::system::{Consistency, System, SystemConfig};
 
+#[cfg(feature = "charts")]
 pub mod charts;
 pub mod load;
 pub mod report;
@@ -260,6 +261,7 @@ impl Profile {
                 per_client_rate: ((capacity * 1.25) / 4.0).ceil().max(1.0) as u32,
                 max_in_flight: 64,
             },
+            concurrency_limit: None,
             admin_token: format!("demo-admin-{seed:x}"),
         }
     }
@@ -406,8 +408,9 @@ pub struct Options {
     pub progress: bool,
 }
 
-/// Runs every scenario in both modes, writes the report and charts into a new
-/// folder under `options.out`, and returns the runs and that folder.
+/// Runs every scenario in both modes, writes the report and (with the `charts`
+/// feature, on by default) the charts into a new folder under `options.out`, and
+/// returns the runs and that folder.
 pub async fn run_all(options: &Options) -> Result<(Vec<Run>, PathBuf), BoxError> {
     let folder = report::results_folder(&options.out)?;
     let total = options.scenarios.len() * Mode::ALL.len();
@@ -449,6 +452,7 @@ pub async fn run_all(options: &Options) -> Result<(Vec<Run>, PathBuf), BoxError>
         }
     }
     report::write(&folder, &runs, options)?;
+    #[cfg(feature = "charts")]
     charts::write_all(&folder, &runs)?;
     Ok((runs, folder))
 }

@@ -233,7 +233,9 @@ pub fn write(folder: &Path, runs: &[Run], options: &Options) -> Result<(), BoxEr
             continue;
         }
         out.push_str(&table(scenario, &of));
-        let _ = writeln!(out, "\n![{0}]({0}.png)\n", scenario.name());
+        if cfg!(feature = "charts") {
+            let _ = writeln!(out, "\n![{0}]({0}.png)\n", scenario.name());
+        }
         for run in &of {
             for v in run.consistency.violations.iter().chain(&run.lost).take(5) {
                 let _ = writeln!(out, "- {} {}: {v}", scenario.name(), run.mode.as_str());

@@ -116,7 +116,9 @@ impl OrderClients {
 #[derive(Clone)]
 struct OrderState {
     db: Arc<Db>,
-    clients: OrderClients,
+    /// Behind an `Arc`: the state is cloned for every request and every chain, and
+    /// a clone of the clients would clone each client's whole stack.
+    clients: Arc<OrderClients>,
     shutdown: CancellationToken,
     epoch: Instant,
 }
@@ -175,7 +177,7 @@ pub fn router(
     })?;
     let state = OrderState {
         db,
-        clients,
+        clients: Arc::new(clients),
         shutdown,
         epoch: Instant::now(),
     };
