@@ -7,7 +7,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 use serde_json::Value;
 
-use crate::catalog::{Catalog, PENDING_CONTRACT};
+use crate::catalog::{Catalog, DEMO_CONTRACT};
 use crate::prom::{Prometheus, QueryError, Series};
 use crate::{live_value, panels, queries, substitute};
 
@@ -205,7 +205,7 @@ pub struct Finding {
 
 /// Runs every query of `dashboard` over `range` and reports, per query, whether it
 /// returned a series with at least one finite value. Queries that read a metric of
-/// [`PENDING_CONTRACT`] are left out when `skip_pending` is set (they come from
+/// [`DEMO_CONTRACT`] are left out when `skip_pending` is set (they come from
 /// crates the target may not run); the number left out is returned too.
 pub async fn check(
     prometheus: &Prometheus,
@@ -213,7 +213,7 @@ pub async fn check(
     range: &Range,
     skip_pending: bool,
 ) -> (Vec<Finding>, usize) {
-    let pending = Catalog::from_contract(PENDING_CONTRACT).unwrap_or_default();
+    let pending = Catalog::from_contract(DEMO_CONTRACT).unwrap_or_default();
     let mut findings = Vec::new();
     let mut skipped = 0;
     for q in queries(dashboard) {
