@@ -190,6 +190,8 @@ async fn a_renamed_metric_or_label_value_fails() {
         1,
     );
     drifted = drifted.replacen("outcome!=\\\"completed\\\"", "outcome!=\\\"complete\\\"", 1);
+    drifted = drifted.replacen("palisade_balance_endpoints", "palisade_balance_endpoint", 1);
+    drifted = drifted.replacen("result=\\\"stale\\\"", "result=\\\"expired\\\"", 1);
     let drifted: serde_json::Value = serde_json::from_str(&drifted).unwrap();
     let problems = check::metrics(&drifted, &catalog);
     assert!(
@@ -202,6 +204,18 @@ async fn a_renamed_metric_or_label_value_fails() {
         problems
             .iter()
             .any(|p| p.contains("never has outcome=\"complete\"")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("unknown metric `palisade_balance_endpoint`")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("never has result=\"expired\"")),
         "{problems:?}"
     );
     let mut wrong_type = overview.clone();
