@@ -7,21 +7,21 @@
 # dashboards returns data through the HTTP API (`render --check`), and with --png
 # draws the key panels into dashboards/png/.
 #
-# usage: dashboards/live-check.sh [--settle SECONDS] [--skip-pending] [--png] HOST:PORT...
+# usage: dashboards/live-check.sh [--settle SECONDS] [--skip-demo] [--png] HOST:PORT...
 #
-# --skip-pending leaves out the queries that read metrics of crates the targets do
-# not run yet (balance, fallback, fault, the demo: catalog::PENDING_CONTRACT).
+# --skip-demo leaves out the queries that read the order demo's own series
+# (catalog::DEMO_CONTRACT), for targets that are not the demo (the stand-in).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
 settle=20
-skip_pending=()
+skip_demo=()
 png=0
 targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --settle) settle="$2"; shift 2 ;;
-        --skip-pending) skip_pending=(--skip-pending); shift ;;
+        --skip-demo) skip_demo=(--skip-demo); shift ;;
         --png) png=1; shift ;;
         -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         -*) echo "live-check.sh: unknown option $1" >&2; exit 2 ;;
@@ -103,7 +103,7 @@ sleep "$settle"
 
 render=(cargo run --quiet -p palisade-dashboards --bin render --)
 [ -n "${RENDER_BIN:-}" ] && render=("$RENDER_BIN")
-"${render[@]}" --check --prometheus "$url" --last "${settle}s" --scrape-interval 1s "${skip_pending[@]}" || failed=1
+"${render[@]}" --check --prometheus "$url" --last "${settle}s" --scrape-interval 1s "${skip_demo[@]}" || failed=1
 if [ "$png" -eq 1 ]; then
     "${render[@]}" --prometheus "$url" --last "${settle}s" --scrape-interval 1s || failed=1
 fi

@@ -1,11 +1,15 @@
 //! A stand-in for a service using Palisade, for trying `live-check.sh` and `render`
-//! without the order demo: every layer on main (breaker, retry, hedge, timeout,
+//! without the order demo: every Palisade layer (breaker, retry, hedge, timeout,
 //! deadlines, rate limit, bulkhead, adaptive limit, throttle, shedding) for two
-//! downstreams under real, bounded load, with `/metrics` served on 127.0.0.1.
+//! downstreams, and a balancer with fallback, cache and fault injection for a third,
+//! under real, bounded load, with `/metrics` served on 127.0.0.1.
 //!
 //! `inventory` alternates between healthy and failing every 10 s (its breaker opens
-//! and recovers); `payment` is slow now and then. It prints `listening on ADDR` and
-//! exits after `--seconds` (default 120).
+//! and recovers); `payment` is slow now and then; `catalog` has two replicas, one
+//! always failing (ejected, back, ejected again), and every call to it fails by
+//! injected error for the last 10 s of every 30 s (cached answers are served stale,
+//! the rest by the fallback). It prints `listening on ADDR` and exits after
+//! `--seconds` (default 120).
 //!
 //! ```text
 //! cargo run -p palisade-dashboards --example metrics_standin -- --seconds 60
@@ -49,6 +53,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         layers::client("payment", payment),
     ];
     let server = layers::server("order-api", "inventory");
+    let catalog = layers::replicated("catalog", Duration::from_millis(5));
+    let _replicas = catalog.replicas;
+    let mut faulty = false;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("listening on {}", listener.local_addr()?);
@@ -73,6 +80,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         inventory
             .fail_every
             .store(if failing { 1 } else { 10 }, Ordering::Relaxed);
+        // catalog: injected errors for the last 10 s of every 30 s.
+        if faulty != (start.elapsed().as_secs() % 30 >= 20) {
+            faulty = !faulty;
+            if faulty {
+                catalog.faults.set(layers::all_errors())?;
+            } else {
+                catalog.faults.clear();
+            }
+        }
+        let mut client = catalog.client.clone();
+        tokio::spawn(async move {
+            // 40 keys: each asked once a second, so most answers come from the cache.
+            let _ = client.ready().await?.call(n % 40).await;
+            Ok::<_, palisade::Error>(())
+        });
         for client in &clients {
             let mut client = client.clone();
             tokio::spawn(async move {

@@ -1,33 +1,17 @@
 //! The metrics a dashboard may use: families with their type, labels and label
-//! values, read from Prometheus text exposition or from the contract table below.
+//! values, read from Prometheus text exposition or from the demo's contract table.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Metrics of crates not yet on main, as agreed in the metrics contract (palisade
-/// balance, fallback and fault layers, and the order demo). One family per line:
-/// `name type label=value|value ...`; a label with no values (`downstream`,
-/// `http_route`, `peer`) takes values from configuration and is not checked.
+/// The order demo's own series, as agreed in the metrics contract (its HTTP server
+/// and client durations, orders, and the running scenario). One family per line:
+/// `name type label=value|value ...`; a label with no values (`http_route`, `peer`)
+/// takes values from configuration and is not checked.
 ///
-/// **To be replaced** by rendering the real `/metrics` of those crates (as
-/// `tests/metrics_names.rs` already does for breaker, retry, timeout and limit)
-/// once they land.
-pub const PENDING_CONTRACT: &str = "\
-palisade_balance_endpoints gauge downstream state=ready|ejected|slow_start
-palisade_balance_ejections_total counter downstream detector=consecutive_failures|failure_rate
-palisade_balance_panic_mode gauge downstream
-palisade_balance_requests_total counter downstream outcome=success|failure|ignored|no_endpoints
-palisade_discovery_updates_total counter downstream source=static|registry|file|dns|etcd
-palisade_discovery_errors_total counter downstream source=static|registry|file|dns|etcd
-palisade_discovery_last_update_timestamp_seconds gauge downstream
-palisade_discovery_stale gauge downstream
-palisade_fallback_fallbacks_total counter downstream reason=failure|circuit_open|rate_limited|bulkhead_full|timeout|deadline_exceeded|budget_exhausted|shed|no_endpoints
-palisade_fallback_cache_lookups_total counter downstream result=hit|miss|stale
-palisade_fallback_cache_evictions_total counter downstream
-palisade_fallback_cache_entries gauge downstream
-palisade_fallback_stale_age_seconds histogram downstream
-palisade_fallback_coalesced_waiters_total counter downstream
-palisade_fallback_refreshes_in_flight gauge downstream
-palisade_fault_injected_total counter downstream kind=latency|error|abort
+/// Every Palisade layer's families come from a real `/metrics` render instead (see
+/// `tests/metrics_names.rs`); these are the demo's alone, and `dashboards/live-check.sh`
+/// verifies them against the running demo in CI (every panel query must return data).
+pub const DEMO_CONTRACT: &str = "\
 http_server_request_duration_seconds histogram service=gateway|order|customer|inventory|payment|shipment|catalog http_route http_request_method http_response_status_code
 http_client_request_duration_seconds histogram service=gateway|order|customer|inventory|payment|shipment|catalog peer http_request_method http_response_status_code
 demo_orders_total counter outcome=placed|failed|compensated
@@ -109,7 +93,7 @@ impl Catalog {
         Self { families }
     }
 
-    /// Families from a contract table in the format of [`PENDING_CONTRACT`].
+    /// Families from a contract table in the format of [`DEMO_CONTRACT`].
     pub fn from_contract(text: &str) -> Result<Self, String> {
         let mut families = BTreeMap::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -262,7 +246,7 @@ h_seconds_count{downstream=\"a\"} 0
 
     #[test]
     fn the_contract_table_reads() {
-        let c = Catalog::from_contract(PENDING_CONTRACT).unwrap();
+        let c = Catalog::from_contract(DEMO_CONTRACT).unwrap();
         assert_eq!(c.family("demo_orders_total").unwrap().kind, "counter");
         assert!(
             c.resolve("http_server_request_duration_seconds_bucket")

@@ -7,7 +7,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 use serde_json::Value;
 
-use crate::catalog::{Catalog, PENDING_CONTRACT};
+use crate::catalog::{Catalog, DEMO_CONTRACT};
 use crate::prom::{Prometheus, QueryError, Series};
 use crate::{live_value, panels, queries, substitute};
 
@@ -205,27 +205,27 @@ pub struct Finding {
 
 /// Runs every query of `dashboard` over `range` and reports, per query, whether it
 /// returned a series with at least one finite value. Queries that read a metric of
-/// [`PENDING_CONTRACT`] are left out when `skip_pending` is set (they come from
-/// crates the target may not run); the number left out is returned too.
+/// [`DEMO_CONTRACT`] are left out when `skip_demo` is set (the target is not the order
+/// demo, so it has none of the demo's own series); the number left out is returned too.
 pub async fn check(
     prometheus: &Prometheus,
     dashboard: &Value,
     range: &Range,
-    skip_pending: bool,
+    skip_demo: bool,
 ) -> (Vec<Finding>, usize) {
-    let pending = Catalog::from_contract(PENDING_CONTRACT).unwrap_or_default();
+    let demo = Catalog::from_contract(DEMO_CONTRACT).unwrap_or_default();
     let mut findings = Vec::new();
     let mut skipped = 0;
     for q in queries(dashboard) {
-        if skip_pending {
-            let reads_pending = crate::check::parse(dashboard, &q.expr)
+        if skip_demo {
+            let reads_demo = crate::check::parse(dashboard, &q.expr)
                 .map(|e| {
                     crate::check::metric_names(&e)
                         .iter()
-                        .any(|n| pending.resolve(n).is_some())
+                        .any(|n| demo.resolve(n).is_some())
                 })
                 .unwrap_or(false);
-            if reads_pending {
+            if reads_demo {
                 skipped += 1;
                 continue;
             }

@@ -1,15 +1,16 @@
 //! Every metric the dashboards read exists, with that type and those label values:
-//! the real `/metrics` text of every Palisade layer on main (breaker, retry, hedge,
-//! timeout, deadlines, rate limit, bulkhead, adaptive limit, throttle, shedding),
-//! rendered by metrics-exporter-prometheus with Palisade's buckets, plus — for the
-//! crates not on main yet — the contract table `catalog::PENDING_CONTRACT`.
+//! the real `/metrics` text of every Palisade layer (breaker, retry, hedge, timeout,
+//! deadlines, rate limit, bulkhead, adaptive limit, throttle, shedding, balancer and
+//! discovery, fallback and cache, fault injection), rendered by
+//! metrics-exporter-prometheus with Palisade's buckets, plus — for the order demo's
+//! own series — the contract table `catalog::DEMO_CONTRACT`.
 
 #[path = "support/layers.rs"]
 #[allow(dead_code)]
 mod layers;
 
-use layers::Behaviour;
-use palisade_dashboards::catalog::{Catalog, PENDING_CONTRACT};
+use layers::{Behaviour, Replicated};
+use palisade_dashboards::catalog::{Catalog, DEMO_CONTRACT};
 use palisade_dashboards::check;
 use std::time::Duration;
 use tower::{Service, ServiceExt};
@@ -19,10 +20,11 @@ use tower::{Service, ServiceExt};
 async fn rendered_metrics() -> String {
     let recorder = palisade::prometheus::builder().unwrap().build_recorder();
     let handle = recorder.handle();
-    let (mut client, mut server) = metrics::with_local_recorder(&recorder, || {
+    let (mut client, mut server, catalog) = metrics::with_local_recorder(&recorder, || {
         (
             layers::client("inventory", Behaviour::new(3, Duration::from_millis(5))),
             layers::server("order-api", "inventory"),
+            layers::replicated("catalog", Duration::from_millis(5)),
         )
     });
     // Layers record on their handles, registered above: no recorder needed from here.
@@ -35,7 +37,106 @@ async fn rendered_metrics() -> String {
             .call(http::Request::new(()))
             .await;
     }
+    degrade(catalog).await;
     handle.render()
+}
+
+/// Drives the replicated `catalog` client through what its dashboards show: the
+/// failing replica ejected after three failures in a row (each answered by the
+/// fallback), fresh answers cached and hit, then — with every call failing by
+/// injected error — a cached answer served stale and an uncached one by the fallback.
+async fn degrade(catalog: Replicated) {
+    let Replicated {
+        mut client,
+        faults,
+        replicas: _replicas,
+    } = catalog;
+    let mut call = async |n: u32| client.ready().await.unwrap().call(n).await.unwrap();
+    let mut fallbacks = 0;
+    let mut n = 0;
+    while fallbacks < 3 {
+        if call(n).await == u32::MAX {
+            fallbacks += 1;
+        }
+        n += 1;
+    }
+    for _ in 0..2 {
+        for n in 100..105 {
+            assert_eq!(call(n).await, n, "the healthy replica answers");
+        }
+    }
+    faults.set(layers::all_errors()).unwrap();
+    tokio::time::sleep(layers::FRESH_TTL + Duration::from_secs(1)).await;
+    assert_eq!(call(100).await, 100, "a stale answer instead of the error");
+    assert_eq!(call(200).await, u32::MAX, "the fallback answer");
+    faults.clear();
+}
+
+/// The value of the series of `name` with all of `labels` (`k="v"`), if rendered.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(start_paused = true)]
+async fn balancer_fallback_and_fault_series_come_from_the_layers() {
+    let text = rendered_metrics().await;
+    let catalog = r#"downstream="catalog""#;
+    let value = |name: &str, label: &str| {
+        sample(&text, name, &[catalog, label])
+            .unwrap_or_else(|| panic!("{name}{{{label}}} not rendered:\n{text}"))
+    };
+    assert_eq!(
+        value(
+            "palisade_balance_ejections_total",
+            r#"detector="consecutive_failures""#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("palisade_balance_endpoints", r#"state="ejected""#),
+        0.0,
+        "the ejection is over"
+    );
+    assert_eq!(
+        value("palisade_balance_requests_total", r#"outcome="failure""#),
+        3.0
+    );
+    assert_eq!(
+        value("palisade_discovery_updates_total", r#"source="registry""#),
+        1.0
+    );
+    assert_eq!(
+        value("palisade_discovery_errors_total", r#"source="registry""#),
+        0.0
+    );
+    assert_eq!(
+        value("palisade_fallback_cache_lookups_total", r#"result="hit""#),
+        5.0
+    );
+    assert_eq!(
+        value("palisade_fallback_cache_lookups_total", r#"result="stale""#),
+        1.0
+    );
+    assert_eq!(
+        value("palisade_fallback_fallbacks_total", r#"reason="failure""#),
+        4.0
+    );
+    assert_eq!(
+        value("palisade_fault_injected_total", r#"kind="error""#),
+        2.0
+    );
+    assert_eq!(
+        value("palisade_fault_injected_total", r#"kind="abort""#),
+        0.0
+    );
+    assert_eq!(
+        value("palisade_fallback_stale_age_seconds_count", ""),
+        1.0,
+        "one stale answer, its age observed"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -62,14 +163,14 @@ async fn every_metric_the_dashboards_read_is_exported() {
         "histogram",
         "the wait histogram renders as a histogram with Palisade's buckets"
     );
-    let pending = Catalog::from_contract(PENDING_CONTRACT).unwrap();
-    for name in pending.names() {
+    let demo = Catalog::from_contract(DEMO_CONTRACT).unwrap();
+    for name in demo.names() {
         assert!(
             catalog.family(name).is_none(),
-            "{name} is now exported by a crate on main: take it out of PENDING_CONTRACT"
+            "{name} is exported by a Palisade layer: take it out of DEMO_CONTRACT"
         );
     }
-    catalog.merge(pending);
+    catalog.merge(demo);
     for (file, dashboard) in palisade_dashboards::dashboards() {
         let problems = check::metrics(&dashboard, &catalog);
         assert!(problems.is_empty(), "{file}:\n{}", problems.join("\n"));
@@ -80,7 +181,7 @@ async fn every_metric_the_dashboards_read_is_exported() {
 async fn a_renamed_metric_or_label_value_fails() {
     let text = rendered_metrics().await;
     let mut catalog = Catalog::from_exposition(&text);
-    catalog.merge(Catalog::from_contract(PENDING_CONTRACT).unwrap());
+    catalog.merge(Catalog::from_contract(DEMO_CONTRACT).unwrap());
     let overview = palisade_dashboards::overview::dashboard_json();
     let mut drifted = palisade_dashboards::to_file_text(&overview);
     drifted = drifted.replacen(
@@ -89,6 +190,8 @@ async fn a_renamed_metric_or_label_value_fails() {
         1,
     );
     drifted = drifted.replacen("outcome!=\\\"completed\\\"", "outcome!=\\\"complete\\\"", 1);
+    drifted = drifted.replacen("palisade_balance_endpoints", "palisade_balance_endpoint", 1);
+    drifted = drifted.replacen("result=\\\"stale\\\"", "result=\\\"expired\\\"", 1);
     let drifted: serde_json::Value = serde_json::from_str(&drifted).unwrap();
     let problems = check::metrics(&drifted, &catalog);
     assert!(
@@ -101,6 +204,18 @@ async fn a_renamed_metric_or_label_value_fails() {
         problems
             .iter()
             .any(|p| p.contains("never has outcome=\"complete\"")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("unknown metric `palisade_balance_endpoint`")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("never has result=\"expired\"")),
         "{problems:?}"
     );
     let mut wrong_type = overview.clone();
@@ -126,7 +241,7 @@ async fn a_renamed_metric_or_label_value_fails() {
 async fn every_metric_the_rules_read_is_exported() {
     let text = rendered_metrics().await;
     let mut catalog = Catalog::from_exposition(&text);
-    catalog.merge(Catalog::from_contract(PENDING_CONTRACT).unwrap());
+    catalog.merge(Catalog::from_contract(DEMO_CONTRACT).unwrap());
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/palisade.rules.yml");
     let rules = std::fs::read_to_string(path).unwrap();
     let mut seen = 0;

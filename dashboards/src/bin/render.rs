@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! render [--prometheus http://127.0.0.1:9090] [--last 15m | --start UNIX --end UNIX]
-//!        [--scrape-interval 15s] [--out DIR] [--check [--skip-pending]]
+//!        [--scrape-interval 15s] [--out DIR] [--check [--skip-demo]]
 //! ```
 
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use palisade_dashboards::prom::Prometheus;
 use palisade_dashboards::render::{self, Range};
 
-const USAGE: &str = "usage: render [--prometheus URL] [--last DURATION | --start UNIX --end UNIX] [--scrape-interval DURATION] [--out DIR] [--check [--skip-pending]]";
+const USAGE: &str = "usage: render [--prometheus URL] [--last DURATION | --start UNIX --end UNIX] [--scrape-interval DURATION] [--out DIR] [--check [--skip-demo]]";
 
 #[derive(Debug)]
 struct Args {
@@ -23,7 +23,7 @@ struct Args {
     scrape_interval: f64,
     out: PathBuf,
     check: bool,
-    skip_pending: bool,
+    skip_demo: bool,
 }
 
 fn seconds(text: &str) -> Result<f64, String> {
@@ -54,7 +54,7 @@ fn parse_args() -> Result<Args, String> {
         scrape_interval: 15.0,
         out: dir.join("png"),
         check: false,
-        skip_pending: false,
+        skip_demo: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -72,7 +72,7 @@ fn parse_args() -> Result<Args, String> {
             "--scrape-interval" => args.scrape_interval = seconds(&value()?)?,
             "--out" => args.out = PathBuf::from(value()?),
             "--check" => args.check = true,
-            "--skip-pending" => args.skip_pending = true,
+            "--skip-demo" => args.skip_demo = true,
             "--help" | "-h" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
@@ -126,10 +126,10 @@ async fn run(args: Args) -> Result<bool, String> {
         for (file, _) in render::KEY_PANELS {
             let dashboard = read_dashboard(file)?;
             let (findings, skipped) =
-                render::check(&prometheus, &dashboard, &range, args.skip_pending).await;
+                render::check(&prometheus, &dashboard, &range, args.skip_demo).await;
             let failed: Vec<_> = findings.iter().filter(|f| f.problem.is_some()).collect();
             println!(
-                "{file}: {} queries returned data, {} did not, {skipped} skipped (metrics of crates not running)",
+                "{file}: {} queries returned data, {} did not, {skipped} skipped (the demo's own metrics)",
                 findings.len() - failed.len(),
                 failed.len()
             );

@@ -1,13 +1,18 @@
 //! Every Palisade layer on main, built for one downstream under whatever metrics
-//! recorder is current, composed into a client stack (`u32` requests) and a server
+//! recorder is current, composed into client stacks (`u32` requests) and a server
 //! stack (HTTP requests), so their series exist and calls move them.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use palisade::balance::discover::{Registration, Registry};
+use palisade::balance::{Balance, BalanceConfig, LoadMetric};
 use palisade::breaker::CircuitBreakerLayer;
 use palisade::core::{BoxError, Error};
+use palisade::fallback::{CacheLayer, CloneStore, FallbackCause, FallbackLayer, key_fn};
+use palisade::fault::{ErrorFault, FaultConfig, FaultHandle, FaultLayer};
 use palisade::limit::adaptive::AdaptiveLimitLayer;
 use palisade::limit::bulkhead::BulkheadLayer;
 use palisade::limit::rate::RateLimitLayer;
@@ -151,4 +156,83 @@ pub(crate) fn server(name: &str, downstream: &str) -> Server {
             }
         });
     BoxCloneSyncService::new(svc)
+}
+
+/// A client for a replicated downstream, with its controls.
+pub(crate) struct Replicated {
+    /// Fallback → stale-if-error cache → fault injection → balancer over the replicas.
+    pub(crate) client: Client,
+    /// Turns injected faults on and off.
+    pub(crate) faults: FaultHandle,
+    /// The replicas' registrations; dropping one takes its endpoint out of rotation.
+    pub(crate) replicas: Vec<Registration>,
+}
+
+/// How long a cached answer is fresh.
+pub(crate) const FRESH_TTL: Duration = Duration::from_secs(10);
+
+/// A client for `downstream` served by two replicas registered in an in-process
+/// registry: the one at 127.0.0.1:1 fails every call, the one at 127.0.0.1:2 answers
+/// with the request after `latency`. A failed call is answered by the fallback
+/// (`u32::MAX`); answers are cached per request for [`FRESH_TTL`] and served stale for
+/// a minute more when the downstream fails. Three failures in a row eject a replica.
+/// Fault injection is off until [`Replicated::faults`] sets it.
+pub(crate) fn replicated(downstream: &str, latency: Duration) -> Replicated {
+    let registry = Registry::new();
+    let replicas = vec![
+        registry.register(downstream, SocketAddr::from(([127, 0, 0, 1], 1))),
+        registry.register(downstream, SocketAddr::from(([127, 0, 0, 1], 2))),
+    ];
+    let make = move |addr: SocketAddr| {
+        tower::service_fn(move |req: u32| async move {
+            tokio::time::sleep(latency.max(Duration::from_millis(1))).await;
+            if addr.port() == 1 {
+                Err(std::io::Error::other("replica failed"))
+            } else {
+                Ok(req)
+            }
+        })
+    };
+    let mut config = BalanceConfig {
+        load: LoadMetric::PendingRequests,
+        failure_penalty: Duration::ZERO,
+        ..BalanceConfig::default()
+    };
+    config.outlier.consecutive_failures = 3;
+    let balance = Balance::builder(downstream)
+        .config(config)
+        .build(registry.watch(downstream).unwrap(), make)
+        .unwrap();
+    let fault = FaultLayer::custom(downstream, |status: u16| -> Result<u32, BoxError> {
+        Err(format!("injected {status}").into())
+    })
+    .unwrap()
+    .seed(7);
+    let faults = fault.handle();
+    let cache = CacheLayer::builder(downstream, key_fn(|n: &u32| Some(*n)), CloneStore::new())
+        .fresh_ttl(FRESH_TTL)
+        .max_stale(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let fallback = FallbackLayer::builder(downstream, |_: &FallbackCause<'_>| u32::MAX)
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(fallback)
+        .layer(cache)
+        .layer(fault)
+        .service(balance);
+    Replicated {
+        client: BoxCloneSyncService::new(svc),
+        faults,
+        replicas,
+    }
+}
+
+/// Every call of `downstream` answered by an injected error (503).
+pub(crate) fn all_errors() -> FaultConfig {
+    FaultConfig {
+        error: Some(ErrorFault::new(100.0, 503)),
+        ..FaultConfig::default()
+    }
 }
