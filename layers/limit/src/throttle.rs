@@ -6,8 +6,12 @@
 //! window (2 minutes by default) the client counts
 //!
 //! - **requests**: every request the application attempted through this layer,
-//!   counted when it is sent *or throttled* (locally rejected requests count: that
-//!   is what raises the probability as the backend keeps refusing);
+//!   counted when it is throttled (locally rejected requests count: that is what
+//!   raises the probability as the backend keeps refusing) or, once sent, when its
+//!   answer arrives or it is dropped unanswered. A request still in flight is not
+//!   counted yet: counted at send time, a burst of first calls to a healthy backend
+//!   would be throttled before any answer could arrive (with nothing accepted yet,
+//!   the second concurrent call would be refused with probability ½);
 //! - **accepts**: requests the backend answered with an outcome that is not a
 //!   failure, as judged by [`Classify`]
 //!   ([`AllErrorsFail`] by default): `Success` and `Ignored` are accepts,
@@ -468,10 +472,18 @@ impl Shared {
         }
     }
 
-    fn sent(&self, at: u64) {
-        self.requests.add(at);
+    fn sent(&self) {
         if let Some(m) = &self.metrics {
             m.calls.get(CallLabel::Sent).increment(1);
+        }
+    }
+
+    /// A sent request's answer arrived (or it was dropped unanswered).
+    fn answered(&self, accepted: bool) {
+        let at = self.clock.now_nanos();
+        self.requests.add(at);
+        if accepted {
+            self.accepts.add(at);
         }
     }
 
@@ -485,10 +497,6 @@ impl Shared {
                 .emit(&ThrottleEvent::Throttled { probability });
         }
         Rejection::new(RejectionKind::RateLimited).with_downstream(self.name.clone())
-    }
-
-    fn accepted(&self) {
-        self.accepts.add(self.clock.now_nanos());
     }
 }
 
@@ -767,14 +775,31 @@ where
                 },
             };
         }
-        self.shared.sent(decision.at);
+        self.shared.sent();
         ResponseFuture {
             kind: Kind::Sent {
                 future: self.inner.call(req),
-                shared: Arc::clone(&self.shared),
+                in_flight: Some(InFlight(Arc::clone(&self.shared))),
                 classify: self.classify.clone(),
             },
         }
+    }
+}
+
+/// A sent request not answered yet: counted as a request (not accepted) if it is
+/// dropped unanswered.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn answer(self, accepted: bool) {
+        self.0.answered(accepted);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.answered(false);
     }
 }
 
@@ -791,7 +816,8 @@ enum Kind<F, C> {
     Sent {
         #[pin]
         future: F,
-        shared: Arc<Shared>,
+        /// `None` once the answer has been counted.
+        in_flight: Option<InFlight>,
         classify: C,
     },
     Throttled {
@@ -817,12 +843,12 @@ where
         match self.project().kind.project() {
             KindProj::Sent {
                 future,
-                shared,
+                in_flight,
                 classify,
             } => {
                 let result = ready!(future.poll(cx));
-                if !classify.classify(result.as_ref()).is_failure() {
-                    shared.accepted();
+                if let Some(in_flight) = in_flight.take() {
+                    in_flight.answer(!classify.classify(result.as_ref()).is_failure());
                 }
                 Poll::Ready(result.map_err(Error::from_service))
             }

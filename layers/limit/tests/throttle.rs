@@ -3,6 +3,7 @@
 //! accepts, leaves a healthy backend alone, and forgets after its window.
 #![cfg(not(feature = "loom"))]
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -483,4 +484,59 @@ async fn concurrent_callers_share_one_window() {
     }
     assert_eq!(handle.requests(), 20_000);
     assert_eq!(handle.accepts(), 20_000);
+}
+
+/// A healthy backend that answers after a delay, so that calls overlap.
+#[derive(Clone)]
+struct Slow(Duration);
+
+impl Service<()> for Slow {
+    type Response = ();
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<(), std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: ()) -> Self::Future {
+        let delay = self.0;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_first_calls_to_a_healthy_backend_is_not_throttled() {
+    // 100 calls sent at once before any answer: counted at send time, the second
+    // would already be refused with probability 1/2 (nothing accepted yet).
+    let layer = builder().build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(Slow(Duration::from_millis(100)));
+    let calls: Vec<_> = (0..100)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move { svc.oneshot(()).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!(handle.requests(), 0, "calls in flight are not counted yet");
+    for call in calls {
+        call.await.unwrap().expect("no call throttled");
+    }
+    assert_eq!((handle.requests(), handle.accepts()), (100, 100));
+    assert_eq!(handle.probability(), 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_unanswered_counts_as_a_request_not_an_accept() {
+    let layer = builder().build().unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(Slow(Duration::from_secs(10)));
+    let call = svc.ready().await.unwrap().call(());
+    assert_eq!(handle.requests(), 0);
+    drop(call);
+    assert_eq!((handle.requests(), handle.accepts()), (1, 0));
 }
