@@ -173,7 +173,8 @@ pub struct CacheConfig {
     #[serde(with = "humantime_serde")]
     pub stale_while_revalidate: Duration,
     /// Answer from a fresh entry without calling the dependency. Default true. When
-    /// false every request calls the dependency and the cache only answers when it
+    /// false every request waits for the dependency's answer (requests for a key
+    /// whose call is in flight share that call) and the cache only answers when it
     /// fails (pure stale-if-error).
     pub serve_fresh: bool,
     /// The cache's bound: the summed weight (approximate bytes) of its entries.

@@ -220,6 +220,44 @@ async fn with_serve_fresh_off_every_request_asks_the_dependency() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn with_serve_fresh_off_requests_during_a_call_share_its_fresh_answer() {
+    let catalog = Catalog::new(SEC);
+    let svc = ServiceBuilder::new()
+        .layer(
+            cache(Duration::ZERO, 60 * SEC)
+                .serve_fresh(false)
+                .build()
+                .unwrap(),
+        )
+        .service(Catalog::service(catalog.clone()));
+    svc.clone().oneshot(1).await.unwrap();
+    catalog.version.store(2, Ordering::SeqCst);
+    let concurrent = |n| -> Vec<_> {
+        (0..n)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move { svc.oneshot(1).await.unwrap() })
+            })
+            .collect()
+    };
+
+    // A healthy dependency: every request gets its answer, none the old entry.
+    for answer in concurrent(10) {
+        let p = answer.await.unwrap();
+        assert_eq!((p.version, p.served), (2, Some(Served::Fetched)));
+    }
+    assert_eq!(catalog.calls(), 2, "the ten shared one call");
+
+    // A failing one: they all get the entry, marked stale.
+    catalog.go_down(Down::Fails(SEC));
+    for answer in concurrent(10) {
+        let p = answer.await.unwrap();
+        assert_eq!(p.version, 2);
+        assert!(p.served.unwrap().is_stale());
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn during_a_refresh_others_get_the_stale_entry_at_once() {
     let catalog = Catalog::new(SEC);
     let svc = ServiceBuilder::new()

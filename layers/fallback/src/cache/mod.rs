@@ -79,7 +79,8 @@ where
 /// fails (as the classifier judges it) or is refused by Palisade, an entry younger
 /// than `fresh_ttl + max_stale` answers instead, marked stale. While a key's
 /// refresh is in flight, other requests for it get the stale entry at once, or wait
-/// for the refresh when there is none. Within `stale_while_revalidate` past the
+/// for the refresh when there is none (or when `serve_fresh` is off: they then
+/// share the in-flight call's answer, and get the stale entry only if it fails). Within `stale_while_revalidate` past the
 /// fresh TTL even the request that starts the refresh gets the stale entry at once,
 /// so a dependency that hangs adds no latency to reads it has answered before.
 /// Requests without a key pass through. A refresh runs in a task of its own
@@ -167,8 +168,17 @@ where
             let response = store.rebuild(&slot.entry, Served::Fresh { age: *age });
             return ResponseFuture::ready(response, store);
         }
-        // With an entry to fall back on, nobody waits for someone else's refresh.
-        match (core.flights.join(key.clone(), found.is_none()), found) {
+        // With an entry to fall back on, nobody waits for someone else's refresh —
+        // unless fresh entries are not to be served (then the request waits for
+        // the in-flight call's answer, as it would for its own) and the entry is
+        // not within stale-while-revalidate.
+        let follow = match &found {
+            None => true,
+            Some((_, age)) => {
+                !core.serve_fresh && !(*age >= core.fresh_ttl && *age < core.revalidate_before)
+            }
+        };
+        match (core.flights.join(key.clone(), follow), found) {
             (Joined::Busy, Some((slot, age))) => {
                 let served = if age < core.fresh_ttl {
                     core.metrics.lookup(Lookup::Hit);
