@@ -175,7 +175,8 @@ where
         let follow = match &found {
             None => true,
             Some((_, age)) => {
-                !core.serve_fresh && !(*age >= core.fresh_ttl && *age < core.revalidate_before)
+                let revalidating = *age >= core.fresh_ttl && *age < core.revalidate_before;
+                !core.serve_fresh && !revalidating
             }
         };
         match (core.flights.join(key.clone(), follow), found) {
