@@ -153,10 +153,13 @@ async fn serve_connection(
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+    // Biased, switches first: a connection woken by a request after the server went
+    // down is closed, never served.
     tokio::select! {
-        _ = conn => {}
-        _ = abort.notified() => {}
-        _ = down.wait_for(|d| *d) => {}
+        biased;
         _ = shutdown.cancelled() => {}
+        _ = down.wait_for(|d| *d) => {}
+        _ = abort.notified() => {}
+        _ = conn => {}
     }
 }
