@@ -16,6 +16,10 @@
 //! - [`window`] holds the lock-free rolling windows (count-based ring and
 //!   time-bucketed) used on the hot path.
 //! - [`keyed`] holds a bounded registry with idle eviction for per-key state.
+//! - [`clock`] is time as the layers read it: [`Clock`] for atomics, and one clock
+//!   reading lent to every layer of a stack for the synchronous part of a call.
+//! - [`lanes`] gives response futures per-thread counted handles to a layer's shared
+//!   state, so their reference counts stay core-local under contention.
 //! - [`Deadline`] carries the time by which a request must be answered across
 //!   layers (and, with the timeout crate's headers, across hops).
 //! - [`Clock`] reads time only through `tokio::time`, so tests can pause it.
