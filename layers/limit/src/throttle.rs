@@ -779,7 +779,7 @@ where
         ResponseFuture {
             kind: Kind::Sent {
                 future: self.inner.call(req),
-                in_flight: Some(InFlight(Arc::clone(&self.shared))),
+                in_flight: Some(InFlight::new(Arc::clone(&self.shared))),
                 classify: self.classify.clone(),
             },
         }
@@ -788,18 +788,30 @@ where
 
 /// A sent request not answered yet: counted as a request (not accepted) if it is
 /// dropped unanswered.
-struct InFlight(Arc<Shared>);
+struct InFlight {
+    shared: Arc<Shared>,
+    answered: bool,
+}
 
 impl InFlight {
-    fn answer(self, accepted: bool) {
-        self.0.answered(accepted);
-        std::mem::forget(self);
+    fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            answered: false,
+        }
+    }
+
+    fn answer(mut self, accepted: bool) {
+        self.answered = true;
+        self.shared.answered(accepted);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.answered(false);
+        if !self.answered {
+            self.shared.answered(false);
+        }
     }
 }
 
@@ -1008,6 +1020,27 @@ mod tests {
             .map(|b| decode(b.load(Ordering::Relaxed)).1)
             .sum();
         assert_eq!(counted, held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answered_and_dropped_requests_release_the_shared_state() {
+        use tower::{Layer, Service, ServiceExt};
+        let layer = ThrottleLayer::builder("release")
+            .without_metrics()
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut svc = layer.layer(tower::service_fn(|()| async {
+            Ok::<(), std::io::Error>(())
+        }));
+        for _ in 0..10 {
+            svc.ready().await.unwrap().call(()).await.unwrap();
+        }
+        let dropped = svc.ready().await.unwrap().call(());
+        drop(dropped);
+        drop((svc, layer));
+        assert_eq!((handle.requests(), handle.accepts()), (11, 10));
+        assert_eq!(Arc::strong_count(&handle.shared), 1, "no count left behind");
     }
 
     #[test]
