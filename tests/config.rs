@@ -549,7 +549,7 @@ fn every_validation_error_names_file_field_and_problem() {
         ),
         (
             "[downstreams.c.balance]\ndiscovery = { source = \"file\", path = \"/e\" }\noutlier = { consecutive_failures = 0 }\n",
-            "palisade.toml: downstreams.c.balance.outlier.consecutive_failures: must be at least 1 (leave it unset to judge by failure_rate only)",
+            "palisade.toml: downstreams.c.balance.outlier.consecutive_failures: is 0 (off) and failure_rate is unset, so no endpoint could ever be ejected",
         ),
         (
             "[downstreams.c.balance]\ndiscovery = { source = \"file\", path = \"/e\" }\noutlier = { failure_rate = 1.5 }\n",

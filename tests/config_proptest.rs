@@ -347,3 +347,28 @@ fn yaml_alias_bombs_are_refused() {
     assert!(e.to_string().starts_with("<inline>:"), "{e}");
     assert!(e.to_string().contains("repetition limit exceeded"), "{e}");
 }
+
+/// The example with each of its nodes, one at a time, set to null and removed: a
+/// field whose default differs from "unset" must still write back to the same
+/// config (the proptest above found one such field).
+#[test]
+fn every_node_of_the_example_set_to_null_or_removed_loads_or_errs() {
+    let tree = example_tree();
+    let mut all = Vec::new();
+    paths(&tree, &mut Vec::new(), &mut all);
+    for path in all {
+        let mut nulled = tree.clone();
+        *node(&mut nulled, &path).unwrap() = Value::Null;
+        let result = std::panic::catch_unwind(|| load_tree(&nulled));
+        assert!(result.is_ok(), "with {path:?} set to null");
+        if let Some((last, parent)) = path.split_last()
+            && let Some(Value::Mapping(m)) = node(&mut tree.clone(), parent).cloned().as_mut()
+        {
+            let mut removed = tree.clone();
+            m.remove(last);
+            *node(&mut removed, parent).unwrap() = Value::Mapping(m.clone());
+            let result = std::panic::catch_unwind(|| load_tree(&removed));
+            assert!(result.is_ok(), "with {path:?} removed");
+        }
+    }
+}

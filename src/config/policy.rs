@@ -197,9 +197,9 @@ pub enum LoadMetric {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutlierConfig {
-    /// Eject after this many failures in a row. Default 5; unset to judge by rate
-    /// only.
-    pub consecutive_failures: Option<u32>,
+    /// Eject after this many failures in a row. Default 5; 0 turns this detector
+    /// off, to judge by `failure_rate` only.
+    pub consecutive_failures: u32,
     /// Eject when failures ÷ calls reach this, `0..=1`. Default: off.
     pub failure_rate: Option<f64>,
     /// The first ejection's length. Default 30 s.
@@ -216,7 +216,7 @@ pub struct OutlierConfig {
 impl Default for OutlierConfig {
     fn default() -> Self {
         Self {
-            consecutive_failures: Some(5),
+            consecutive_failures: 5,
             failure_rate: None,
             base_ejection: Duration::from_secs(30),
             max_ejection: Duration::from_secs(300),
@@ -228,19 +228,13 @@ impl Default for OutlierConfig {
 impl OutlierConfig {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.consecutive_failures == Some(0) {
-            return Err(ConfigError::new(
-                "consecutive_failures",
-                "must be at least 1 (leave it unset to judge by failure_rate only)",
-            ));
-        }
         if let Some(rate) = self.failure_rate {
             unit_interval("failure_rate", rate)?;
         }
-        if self.consecutive_failures.is_none() && self.failure_rate.is_none() {
+        if self.consecutive_failures == 0 && self.failure_rate.is_none() {
             return Err(ConfigError::new(
                 "consecutive_failures",
-                "and failure_rate are both unset, so no endpoint could ever be ejected",
+                "is 0 (off) and failure_rate is unset, so no endpoint could ever be ejected",
             ));
         }
         positive("base_ejection", self.base_ejection)?;
