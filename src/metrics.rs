@@ -19,8 +19,9 @@ use std::net::SocketAddr;
 pub use crate::prometheus::{InstallError, PrometheusHandle, SECONDS_BUCKETS};
 
 /// Installs the global Prometheus recorder, with Palisade's histogram buckets, and
-/// serves `/metrics` over HTTP on `listen`. Needs a running tokio runtime.
-pub fn install_prometheus(listen: SocketAddr) -> Result<(), InstallError> {
+/// serves `/metrics` over HTTP on `listen`. Needs a running tokio runtime. The
+/// handle renders the same exposition, for tests or a second route.
+pub fn install_prometheus(listen: SocketAddr) -> Result<PrometheusHandle, InstallError> {
     crate::prometheus::install(listen)
 }
 

@@ -489,3 +489,26 @@ async fn a_config_change_retunes_in_place_and_an_open_breaker_stays_open() {
     );
     assert_eq!(handle.rate_limit().unwrap().config().rate, 7);
 }
+
+/// A call answered at once makes no timer, for the total timeout nor the per-try
+/// one: polled by hand outside any runtime (where making a tokio timer would
+/// panic), the answer comes through and is counted.
+#[test]
+fn a_call_answered_at_once_makes_no_timer() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    let mut svc = Downstream::builder("at-once")
+        .total_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(1))
+        .without_metrics()
+        .build()
+        .unwrap()
+        .layer(tower::service_fn(|x: u32| async move {
+            Ok::<_, std::io::Error>(x)
+        }));
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    let mut fut = std::pin::pin!(svc.call(7));
+    assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(7))));
+}

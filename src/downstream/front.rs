@@ -200,10 +200,7 @@ where
         let (inner, timer) = match deadline {
             Some(d) => {
                 let fut = d.sync_scope(|| call(&mut self.inner, req));
-                (
-                    Scoped::Scoped(d.scoped(fut)),
-                    Timer::Armed(tokio::time::sleep_until(d.instant())),
-                )
+                (Scoped::Scoped(d.scoped(fut)), Timer::Due(d.instant()))
             }
             None => (Scoped::Plain(call(&mut self.inner, req)), Timer::Idle),
         };
@@ -227,7 +224,11 @@ enum Scoped<F> {
 #[pin_project(project = TimerProj)]
 #[derive(Debug)]
 enum Timer {
+    /// No deadline.
     Idle,
+    /// A deadline; its timer is made when the call first returns pending, so a
+    /// call answered at once never touches the runtime's timer.
+    Due(Instant),
     Armed(#[pin] Sleep),
 }
 
@@ -252,11 +253,16 @@ where
     type Output = Result<T, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         let polled = match this.inner.project() {
             ScopedProj::Plain(f) => f.poll(cx),
             ScopedProj::Scoped(f) => f.poll(cx),
         };
+        if polled.is_pending()
+            && let Timer::Due(at) = *this.timer
+        {
+            this.timer.set(Timer::Armed(tokio::time::sleep_until(at)));
+        }
         let result = match polled {
             Poll::Ready(result) => result,
             Poll::Pending => match this.timer.project() {
@@ -267,7 +273,7 @@ where
                     )),
                     Poll::Pending => return Poll::Pending,
                 },
-                TimerProj::Idle => return Poll::Pending,
+                TimerProj::Idle | TimerProj::Due(_) => return Poll::Pending,
             },
         };
         if let (Some(metrics), Some(start)) = (&this.shared.metrics, *this.start) {

@@ -98,8 +98,11 @@ thread_local! {
     static THREAD_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
+/// This thread's round-robin index, fixed at its first use: threads started one
+/// after another get consecutive indexes, so `thread_index() & (n - 1)` spreads
+/// them over `n` (a power of two) slots.
 #[inline]
-fn thread_index() -> usize {
+pub fn thread_index() -> usize {
     THREAD_INDEX.with(|i| {
         let v = i.get();
         if v != usize::MAX {
@@ -111,13 +114,18 @@ fn thread_index() -> usize {
     })
 }
 
+/// How many lanes a [`Lanes`] has on this machine: a power of two, at least twice
+/// the available parallelism, at most 16.
+pub fn lane_count() -> usize {
+    let parallelism = std::thread::available_parallelism().map_or(1, usize::from);
+    (2 * parallelism).next_power_of_two().clamp(1, 16)
+}
+
 impl<T> Lanes<T> {
     /// Lanes to `shared`.
     pub fn new(shared: Arc<T>) -> Self {
-        let parallelism = std::thread::available_parallelism().map_or(1, usize::from);
-        let count = (2 * parallelism).next_power_of_two().clamp(1, 16);
         Self {
-            lanes: (0..count)
+            lanes: (0..lane_count())
                 .map(|_| Arc::new(Lane::new(Arc::clone(&shared))))
                 .collect(),
         }

@@ -23,8 +23,10 @@ pub(crate) enum Expiry {
 /// The response future of [`Timeout`](crate::Timeout): the inner call raced against
 /// one timer, or a refusal.
 ///
-/// The timer is held inside the future (no allocation). When it fires first, the
-/// inner future is dropped at once — before this future returns its rejection —
+/// The timer is held inside the future (no allocation), and made only when the
+/// inner call first returns pending: a call answered at once (a cache hit, a
+/// refusal from a layer below) never touches the runtime's timer. When it fires
+/// first, the inner future is dropped at once — before this future returns its rejection —
 /// so whatever the inner call holds (a connection, a permit) is released.
 #[pin_project]
 pub struct ResponseFuture<F> {
@@ -37,8 +39,10 @@ enum State<F> {
     Running {
         #[pin]
         future: F,
+        /// Made at the inner call's first pending, for `until`.
         #[pin]
-        sleep: Sleep,
+        sleep: Option<Sleep>,
+        until: Instant,
         expiry: Expiry,
         shared: Arc<Lane<Shared>>,
     },
@@ -65,7 +69,8 @@ impl<F> ResponseFuture<F> {
         Self {
             state: State::Running {
                 future,
-                sleep: sleep_until(until),
+                sleep: None,
+                until,
                 expiry,
                 shared,
             },
@@ -93,7 +98,8 @@ where
         let rejection = match state.as_mut().project() {
             StateProj::Running {
                 future,
-                sleep,
+                mut sleep,
+                until,
                 expiry,
                 shared,
             } => {
@@ -102,7 +108,12 @@ where
                     shared.metrics.call(CallOutcome::Completed);
                     return Poll::Ready(result.map_err(Error::from_service));
                 }
-                if sleep.poll(cx).is_pending() {
+                if sleep.as_mut().as_pin_mut().is_none() {
+                    sleep.set(Some(sleep_until(*until)));
+                }
+                if let Some(sleep) = sleep.as_pin_mut()
+                    && sleep.poll(cx).is_pending()
+                {
                     return Poll::Pending;
                 }
                 let (kind, outcome) = match expiry {

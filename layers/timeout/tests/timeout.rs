@@ -351,3 +351,18 @@ async fn a_huge_timeout_does_not_overflow() {
         "done"
     );
 }
+
+/// A call answered at once makes no timer: polled by hand, outside any runtime
+/// (where making a tokio timer would panic), the answer comes through.
+#[test]
+fn a_call_answered_at_once_makes_no_timer() {
+    let mut svc = TimeoutLayer::new("test", Duration::from_secs(1))
+        .unwrap()
+        .layer(tower::service_fn(|x: u32| async move {
+            Ok::<_, std::io::Error>(x)
+        }));
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    let mut fut = pin!(svc.call(7));
+    assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(7))));
+}

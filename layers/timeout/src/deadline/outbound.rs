@@ -305,8 +305,11 @@ enum State<F> {
     Bounded {
         #[pin]
         future: F,
+        /// Made at the inner call's first pending, for `deadline`: a call answered
+        /// at once never touches the runtime's timer.
         #[pin]
-        sleep: Sleep,
+        sleep: Option<Sleep>,
+        deadline: Instant,
         shared: Arc<OutboundShared>,
     },
     Refused {
@@ -333,7 +336,8 @@ impl<F> OutboundFuture<F> {
         Self {
             state: State::Bounded {
                 future,
-                sleep: sleep_until(deadline),
+                sleep: None,
+                deadline,
                 shared,
             },
         }
@@ -363,14 +367,20 @@ where
             }
             StateProj::Bounded {
                 future,
-                sleep,
+                mut sleep,
+                deadline,
                 shared,
             } => {
                 // The response wins a tie with the deadline.
                 if let Poll::Ready(result) = future.poll(cx) {
                     return Poll::Ready(result.map_err(Error::from_service));
                 }
-                if sleep.poll(cx).is_pending() {
+                if sleep.as_mut().as_pin_mut().is_none() {
+                    sleep.set(Some(sleep_until(*deadline)));
+                }
+                if let Some(sleep) = sleep.as_pin_mut()
+                    && sleep.poll(cx).is_pending()
+                {
                     return Poll::Pending;
                 }
                 shared.metrics.expired();

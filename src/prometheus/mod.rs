@@ -1,0 +1,192 @@
+//! Installing a Prometheus exporter for Palisade's metrics.
+//!
+//! Palisade records through the [`metrics`](https://docs.rs/metrics) facade. Install
+//! a recorder **before** building layers: a layer registers its series (at zero)
+//! when it is built, and series registered before any recorder exists go nowhere.
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() {
+//! // Serve /metrics on 127.0.0.1:9000 for Prometheus to scrape.
+//! palisade::prometheus::install("127.0.0.1:9000".parse().unwrap()).unwrap();
+//! # }
+//! ```
+//!
+//! The recorder these functions install keeps one slot per thread for every
+//! counter, gauge and histogram, so that tasks on several cores calling through one
+//! downstream do not write the same cache lines on every call; the slots are folded
+//! into the exporter's series whenever [`PrometheusHandle::render`] or
+//! [`PrometheusHandle::run_upkeep`] runs, so a scrape reads exact values.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+mod shards;
+use shards::{ShardedRecorder, Shards};
+
+/// Histogram buckets (seconds) for every Palisade `*_seconds` histogram: from half a
+/// millisecond to ten seconds, so both fast rejections and slow calls resolve.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How often [`install`]'s server folds the per-thread slots and runs the exporter's
+/// upkeep between scrapes, which bounds the samples histograms hold.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A builder with Palisade's histogram buckets set (for installing the exporter
+/// yourself, without the per-thread slots).
+pub fn builder() -> Result<PrometheusBuilder, InstallError> {
+    Ok(PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)?)
+}
+
+/// Renders the text exposition of every series the installed recorder holds.
+#[derive(Clone, Debug)]
+pub struct PrometheusHandle {
+    inner: metrics_exporter_prometheus::PrometheusHandle,
+    shards: Arc<Shards>,
+}
+
+impl PrometheusHandle {
+    /// The text exposition (format 0.0.4) of every series, exact as of this call:
+    /// the per-thread slots are folded in first.
+    pub fn render(&self) -> String {
+        self.shards.flush();
+        self.inner.render()
+    }
+
+    /// Folds the per-thread slots into the exporter's series and runs the exporter's
+    /// upkeep (draining histogram samples into their buckets). Rendering does the
+    /// same; call this periodically if nothing scrapes for long stretches, or the
+    /// histogram samples gathered in between take memory.
+    pub fn run_upkeep(&self) {
+        self.shards.flush();
+        self.inner.run_upkeep();
+    }
+}
+
+/// The exporter could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The exporter's builder refused its settings.
+    #[error("installing the Prometheus exporter: {0}")]
+    Build(#[from] metrics_exporter_prometheus::BuildError),
+    /// A global recorder was installed already (by this or another library).
+    #[error("installing the Prometheus exporter: a global metrics recorder is installed already")]
+    AlreadyInstalled,
+    /// Serving `/metrics` needs a tokio runtime, and none is running on this thread.
+    #[error("serving /metrics on {0}: no tokio runtime is running on this thread")]
+    NoRuntime(SocketAddr),
+    /// The listen address could not be bound.
+    #[error("serving /metrics on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
+}
+
+/// Installs a global Prometheus recorder, with Palisade's histogram buckets, and
+/// serves `GET /metrics` over HTTP/1 on `listen` (other paths answer 404). Needs a
+/// running tokio runtime; the server and a periodic upkeep run as tasks on it.
+pub fn install(listen: SocketAddr) -> Result<PrometheusHandle, InstallError> {
+    let runtime =
+        tokio::runtime::Handle::try_current().map_err(|_| InstallError::NoRuntime(listen))?;
+    let listener = std::net::TcpListener::bind(listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| InstallError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let listener = {
+        let _entered = runtime.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(|source| InstallError::Bind {
+            addr: listen,
+            source,
+        })?
+    };
+    let handle = install_recorder()?;
+    runtime.spawn(serve(listener, handle.clone()));
+    let upkeep = handle.clone();
+    runtime.spawn(async move {
+        let mut every = tokio::time::interval(UPKEEP_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// Installs a global Prometheus recorder without a listener, returning the handle
+/// that renders the text exposition (for serving `/metrics` from your own router).
+/// Needs no runtime. Histogram samples gather until the next
+/// [`render`](PrometheusHandle::render) or [`run_upkeep`](PrometheusHandle::run_upkeep).
+pub fn install_recorder() -> Result<PrometheusHandle, InstallError> {
+    let recorder = builder()?.build_recorder();
+    let inner = recorder.handle();
+    let sharded = ShardedRecorder::new(recorder);
+    let shards = Arc::clone(sharded.shards());
+    metrics::set_global_recorder(sharded).map_err(|_| InstallError::AlreadyInstalled)?;
+    Ok(PrometheusHandle { inner, shards })
+}
+
+async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little, keep serving.
+                tracing::warn!(error = %e, "accepting a /metrics connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let response = respond(&handle, &req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "a /metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond(handle: &PrometheusHandle, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, body) = if req.uri().path() != "/metrics" {
+        (
+            StatusCode::NOT_FOUND,
+            String::from("only /metrics is served here\n"),
+        )
+    } else if req.method() != Method::GET && req.method() != Method::HEAD {
+        (StatusCode::METHOD_NOT_ALLOWED, String::from("use GET\n"))
+    } else {
+        (StatusCode::OK, handle.render())
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if status == StatusCode::OK {
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+    }
+    response
+}

@@ -1,0 +1,342 @@
+//! Per-thread slots between the layers and the exporter's storage.
+//!
+//! The exporter keeps one atomic per series. Every call through a downstream
+//! increments several counters, moves the in-flight gauges and records a latency
+//! sample; when tasks on several cores call through one downstream, each of those
+//! writes moves a cache line from core to core, and together they cost more than
+//! the layers' own work. [`ShardedRecorder`] gives every counter, gauge and
+//! histogram one slot per thread lane (its own cache line), and folds the slots into
+//! the exporter's storage before the exposition is rendered and on upkeep, so what
+//! a scrape reads is exact.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crossbeam_utils::CachePadded;
+use metrics::{
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+    SharedString, Unit,
+};
+use metrics_util::storage::AtomicBucket;
+use palisade_core::lanes::{lane_count, thread_index};
+
+/// One slot per lane; `lane()` picks this thread's.
+struct Slots<T> {
+    slots: Box<[CachePadded<T>]>,
+}
+
+impl<T> Slots<T> {
+    fn new(width: usize, make: impl Fn() -> T) -> Self {
+        Self {
+            slots: (0..width).map(|_| CachePadded::new(make())).collect(),
+        }
+    }
+
+    #[inline]
+    fn local(&self) -> &T {
+        // The width is a power of two.
+        &self.slots[thread_index() & (self.slots.len() - 1)]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().map(|s| &**s)
+    }
+}
+
+/// A counter whose increments land in this thread's slot.
+struct ShardedCounter {
+    inner: Counter,
+    slots: Slots<AtomicU64>,
+}
+
+impl ShardedCounter {
+    fn flush(&self) {
+        let sum = self
+            .slots
+            .iter()
+            .map(|s| s.swap(0, Ordering::Relaxed))
+            .fold(0u64, u64::wrapping_add);
+        if sum > 0 {
+            self.inner.increment(sum);
+        }
+    }
+}
+
+impl CounterFn for ShardedCounter {
+    #[inline]
+    fn increment(&self, value: u64) {
+        self.slots.local().fetch_add(value, Ordering::Relaxed);
+    }
+
+    fn absolute(&self, value: u64) {
+        // Increments that were waiting are older than this value.
+        for slot in self.slots.iter() {
+            slot.store(0, Ordering::Relaxed);
+        }
+        self.inner.absolute(value);
+    }
+}
+
+/// A gauge whose increments and decrements land in this thread's slot (as an `f64`
+/// delta); `set` clears the deltas and goes straight through.
+struct ShardedGauge {
+    inner: Gauge,
+    slots: Slots<AtomicU64>,
+}
+
+impl ShardedGauge {
+    fn flush(&self) {
+        let sum: f64 = self
+            .slots
+            .iter()
+            .map(|s| f64::from_bits(s.swap(0f64.to_bits(), Ordering::Relaxed)))
+            .sum();
+        if sum != 0.0 {
+            self.inner.increment(sum);
+        }
+    }
+
+    #[inline]
+    fn add(&self, delta: f64) {
+        // Only this thread's lane writes here, apart from a flush's swap: the
+        // update loop rarely runs twice.
+        let _ = self
+            .slots
+            .local()
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + delta).to_bits())
+            });
+    }
+}
+
+impl GaugeFn for ShardedGauge {
+    #[inline]
+    fn increment(&self, value: f64) {
+        self.add(value);
+    }
+
+    #[inline]
+    fn decrement(&self, value: f64) {
+        self.add(-value);
+    }
+
+    fn set(&self, value: f64) {
+        for slot in self.slots.iter() {
+            slot.store(0f64.to_bits(), Ordering::Relaxed);
+        }
+        self.inner.set(value);
+    }
+}
+
+/// A histogram whose samples gather in this thread's bucket.
+struct ShardedHistogram {
+    inner: Histogram,
+    slots: Slots<AtomicBucket<f64>>,
+}
+
+impl ShardedHistogram {
+    fn flush(&self) {
+        for slot in self.slots.iter() {
+            slot.clear_with(|samples| {
+                for &sample in samples {
+                    self.inner.record(sample);
+                }
+            });
+        }
+    }
+}
+
+impl HistogramFn for ShardedHistogram {
+    #[inline]
+    fn record(&self, value: f64) {
+        self.slots.local().push(value);
+    }
+}
+
+/// Every sharded series, by key, to hand out one set of slots per series and to
+/// fold them all on a flush. Only registration and flushes lock the maps; as many
+/// entries as the exporter holds series.
+#[derive(Default)]
+pub(crate) struct Shards {
+    counters: Mutex<HashMap<Key, Arc<ShardedCounter>>>,
+    gauges: Mutex<HashMap<Key, Arc<ShardedGauge>>>,
+    histograms: Mutex<HashMap<Key, Arc<ShardedHistogram>>>,
+}
+
+impl std::fmt::Debug for Shards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shards").finish_non_exhaustive()
+    }
+}
+
+impl Shards {
+    /// Folds every slot into the exporter's storage.
+    pub(crate) fn flush(&self) {
+        for c in lock(&self.counters).values() {
+            c.flush();
+        }
+        for g in lock(&self.gauges).values() {
+            g.flush();
+        }
+        for h in lock(&self.histograms).values() {
+            h.flush();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A flush or registration that panicked left the map whole.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A recorder that puts per-thread slots in front of `inner`'s series; see the
+/// module docs. Call [`Shards::flush`] (through the handle) before reading `inner`.
+pub(crate) struct ShardedRecorder<R> {
+    inner: R,
+    shards: Arc<Shards>,
+    width: usize,
+}
+
+impl<R> ShardedRecorder<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        Self {
+            inner,
+            shards: Arc::default(),
+            width: lane_count(),
+        }
+    }
+
+    pub(crate) fn shards(&self) -> &Arc<Shards> {
+        &self.shards
+    }
+}
+
+impl<R: Recorder> Recorder for ShardedRecorder<R> {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        let mut map = lock(&self.shards.counters);
+        let c = map.entry(key.clone()).or_insert_with(|| {
+            Arc::new(ShardedCounter {
+                inner: self.inner.register_counter(key, metadata),
+                slots: Slots::new(self.width, || AtomicU64::new(0)),
+            })
+        });
+        Counter::from_arc(Arc::clone(c))
+    }
+
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        let mut map = lock(&self.shards.gauges);
+        let g = map.entry(key.clone()).or_insert_with(|| {
+            Arc::new(ShardedGauge {
+                inner: self.inner.register_gauge(key, metadata),
+                slots: Slots::new(self.width, || AtomicU64::new(0f64.to_bits())),
+            })
+        });
+        Gauge::from_arc(Arc::clone(g))
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        let mut map = lock(&self.shards.histograms);
+        let h = map.entry(key.clone()).or_insert_with(|| {
+            Arc::new(ShardedHistogram {
+                inner: self.inner.register_histogram(key, metadata),
+                slots: Slots::new(self.width, AtomicBucket::new),
+            })
+        });
+        Histogram::from_arc(Arc::clone(h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    /// The values of every series by name (a debugging snapshot resets them).
+    fn values(snapshotter: &metrics_util::debugging::Snapshotter) -> HashMap<String, DebugValue> {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(k, .., v)| (k.key().name().to_owned(), v))
+            .collect()
+    }
+
+    #[test]
+    fn slots_reach_the_inner_recorder_on_a_flush_only() {
+        let debugging = DebuggingRecorder::new();
+        let snapshotter = debugging.snapshotter();
+        let recorder = ShardedRecorder::new(debugging);
+        let meta = Metadata::new("t", metrics::Level::INFO, None);
+        let counter = recorder.register_counter(&Key::from_name("c"), &meta);
+        let gauge = recorder.register_gauge(&Key::from_name("g"), &meta);
+        let histogram = recorder.register_histogram(&Key::from_name("h"), &meta);
+
+        // Writes from several threads, each to its own slot.
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        counter.increment(1);
+                        gauge.increment(2.0);
+                        gauge.decrement(1.0);
+                        histogram.record(0.5);
+                    }
+                });
+            }
+        });
+        let before = values(&snapshotter);
+        assert_eq!(before["c"], DebugValue::Counter(0));
+        assert_eq!(before["g"], DebugValue::Gauge(0.0.into()));
+
+        recorder.shards().flush();
+        let after = values(&snapshotter);
+        assert_eq!(after["c"], DebugValue::Counter(4000));
+        assert_eq!(after["g"], DebugValue::Gauge(4000.0.into()));
+        let DebugValue::Histogram(samples) = &after["h"] else {
+            panic!("no histogram");
+        };
+        assert_eq!(samples.len(), 4000);
+
+        // A second flush adds only what came since.
+        counter.increment(5);
+        gauge.set(7.0);
+        gauge.increment(1.0);
+        recorder.shards().flush();
+        let after = values(&snapshotter);
+        assert_eq!(after["c"], DebugValue::Counter(5));
+        assert_eq!(after["g"], DebugValue::Gauge(8.0.into()));
+
+        // absolute drops what was waiting: the value given is newer.
+        counter.increment(3);
+        counter.absolute(100);
+        recorder.shards().flush();
+        assert_eq!(values(&snapshotter)["c"], DebugValue::Counter(100));
+    }
+
+    #[test]
+    fn one_key_registered_twice_shares_its_slots() {
+        let debugging = DebuggingRecorder::new();
+        let snapshotter = debugging.snapshotter();
+        let recorder = ShardedRecorder::new(debugging);
+        let meta = Metadata::new("t", metrics::Level::INFO, None);
+        let key = Key::from_parts("c", vec![metrics::Label::new("outcome", "ok")]);
+        recorder.register_counter(&key, &meta).increment(1);
+        recorder.register_counter(&key, &meta).increment(2);
+        recorder.shards().flush();
+        assert_eq!(values(&snapshotter)["c"], DebugValue::Counter(3));
+        assert_eq!(lock(&recorder.shards().counters).len(), 1);
+    }
+}
