@@ -32,15 +32,27 @@ fn value(text: &str, series: &str) -> f64 {
     line[series.len()..].trim().parse().unwrap()
 }
 
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+async fn request(
+    addr: SocketAddr,
+    method: hyper::Method,
+    path: &str,
+) -> (u16, hyper::HeaderMap, String) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let response = client
-        .get(format!("http://{addr}{path}").parse().unwrap())
-        .await
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(Empty::new())
         .unwrap();
+    let response = client.request(request).await.unwrap();
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
+    (status, headers, String::from_utf8(body.to_vec()).unwrap())
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = request(addr, hyper::Method::GET, path).await;
+    (status, body)
 }
 
 #[test]
@@ -81,7 +93,7 @@ fn install_serves_exact_counts_over_http() {
             .build()
             .unwrap()
             .layer(tower::service_fn(|x: u64| async move {
-                if x % 5 == 0 {
+                if x.is_multiple_of(5) {
                     Err(std::io::Error::other("every fifth fails"))
                 } else {
                     Ok(x)
@@ -106,7 +118,7 @@ fn install_serves_exact_counts_over_http() {
         let (status, text) = get(addr, "/metrics").await;
         assert_eq!(status, 200);
         let total = TASKS * CALLS;
-        let failures = (0..total).filter(|n| (2 * n + 1) % 5 == 0).count() as f64;
+        let failures = (0..total).filter(|n| (2 * n + 1).is_multiple_of(5)).count() as f64;
         let d = r#"downstream="sharded""#;
         assert_eq!(
             value(
@@ -148,5 +160,12 @@ fn install_serves_exact_counts_over_http() {
 
         let (status, _) = get(addr, "/other").await;
         assert_eq!(status, 404);
+        let (status, headers, body) = request(addr, hyper::Method::HEAD, "/metrics").await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["content-type"], "text/plain; version=0.0.4");
+        assert!(body.is_empty());
+        let (status, headers, _) = request(addr, hyper::Method::POST, "/metrics").await;
+        assert_eq!(status, 405);
+        assert_eq!(headers["allow"], "GET, HEAD");
     });
 }

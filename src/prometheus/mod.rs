@@ -11,11 +11,12 @@
 //! # }
 //! ```
 //!
-//! The recorder these functions install keeps one slot per thread for every
-//! counter, gauge and histogram, so that tasks on several cores calling through one
-//! downstream do not write the same cache lines on every call; the slots are folded
-//! into the exporter's series whenever [`PrometheusHandle::render`] or
-//! [`PrometheusHandle::run_upkeep`] runs, so a scrape reads exact values.
+//! The recorder these functions install keeps one slot per thread lane (a few per
+//! core, each on its own cache line) for every counter, gauge and histogram, so
+//! that tasks on several cores calling through one downstream do not write the same
+//! cache lines on every call; the slots are folded into the exporter's series
+//! whenever [`PrometheusHandle::render`] or [`PrometheusHandle::run_upkeep`] runs,
+//! so a scrape reads exact values. The price is memory: up to 2 KiB per series.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,7 +27,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 mod shards;
@@ -98,7 +99,8 @@ pub enum InstallError {
 
 /// Installs a global Prometheus recorder, with Palisade's histogram buckets, and
 /// serves `GET /metrics` over HTTP/1 on `listen` (other paths answer 404). Needs a
-/// running tokio runtime; the server and a periodic upkeep run as tasks on it.
+/// running tokio runtime with time enabled; the server and a periodic upkeep run as
+/// tasks on it for as long as it runs.
 pub fn install(listen: SocketAddr) -> Result<PrometheusHandle, InstallError> {
     let runtime =
         tokio::runtime::Handle::try_current().map_err(|_| InstallError::NoRuntime(listen))?;
@@ -159,7 +161,10 @@ async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
                 let response = respond(&handle, &req);
                 async move { Ok::<_, Infallible>(response) }
             });
+            // With a timer, a client that never sends its request headers is cut off
+            // after hyper's header-read timeout.
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -176,17 +181,30 @@ fn respond(handle: &PrometheusHandle, req: &Request<Incoming>) -> Response<Full<
             String::from("only /metrics is served here\n"),
         )
     } else if req.method() != Method::GET && req.method() != Method::HEAD {
-        (StatusCode::METHOD_NOT_ALLOWED, String::from("use GET\n"))
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            String::from("use GET or HEAD\n"),
+        )
     } else {
         (StatusCode::OK, handle.render())
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    if status == StatusCode::OK {
-        response.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-        );
+    let headers = response.headers_mut();
+    match status {
+        StatusCode::OK => {
+            headers.insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            headers.insert(
+                hyper::header::ALLOW,
+                hyper::header::HeaderValue::from_static("GET, HEAD"),
+            );
+        }
+        _ => {}
     }
     response
 }

@@ -39,10 +39,8 @@ enum State<F> {
     Running {
         #[pin]
         future: F,
-        /// Made at the inner call's first pending, for `until`.
         #[pin]
-        sleep: Option<Sleep>,
-        until: Instant,
+        timer: Timer,
         expiry: Expiry,
         shared: Arc<Lane<Shared>>,
     },
@@ -51,6 +49,32 @@ enum State<F> {
     },
     /// Timed out: the inner future has been dropped.
     Expired,
+}
+
+/// A timer made only when it is first needed: a call answered at once never
+/// touches the runtime's timer.
+#[pin_project(project = TimerProj)]
+#[derive(Debug)]
+pub(crate) enum Timer {
+    /// Due at this instant; no timer made yet.
+    Due(Instant),
+    /// Made and registered.
+    Armed(#[pin] Sleep),
+}
+
+impl Timer {
+    /// Polls the timer, making it first if need be (so its waker is registered).
+    pub(crate) fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.as_mut().project() {
+                TimerProj::Armed(sleep) => return sleep.poll(cx),
+                TimerProj::Due(at) => {
+                    let at = *at;
+                    self.set(Timer::Armed(sleep_until(at)));
+                }
+            }
+        }
+    }
 }
 
 impl<F> std::fmt::Debug for ResponseFuture<F> {
@@ -69,8 +93,7 @@ impl<F> ResponseFuture<F> {
         Self {
             state: State::Running {
                 future,
-                sleep: None,
-                until,
+                timer: Timer::Due(until),
                 expiry,
                 shared,
             },
@@ -98,8 +121,7 @@ where
         let rejection = match state.as_mut().project() {
             StateProj::Running {
                 future,
-                mut sleep,
-                until,
+                timer,
                 expiry,
                 shared,
             } => {
@@ -108,12 +130,7 @@ where
                     shared.metrics.call(CallOutcome::Completed);
                     return Poll::Ready(result.map_err(Error::from_service));
                 }
-                if sleep.as_mut().as_pin_mut().is_none() {
-                    sleep.set(Some(sleep_until(*until)));
-                }
-                if let Some(sleep) = sleep.as_pin_mut()
-                    && sleep.poll(cx).is_pending()
-                {
+                if timer.poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 let (kind, outcome) = match expiry {

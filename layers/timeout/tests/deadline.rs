@@ -716,3 +716,23 @@ async fn the_deadline_shrinks_across_a_hop() {
     );
     assert!(hop.deadline < at_a);
 }
+
+/// A call answered at once makes no timer: polled by hand, outside any runtime
+/// (where making a tokio timer would panic), the bounded call comes through with
+/// its header set.
+#[test]
+fn an_outbound_call_answered_at_once_makes_no_timer() {
+    use std::future::Future;
+    use std::task::Waker;
+
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let mut client = outbound().layer(recording_client(Arc::clone(&sent)));
+    let mut req = request(&[]);
+    req.extensions_mut()
+        .insert(Deadline::after(Duration::from_millis(500)));
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(matches!(client.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    let mut fut = std::pin::pin!(client.call(req));
+    assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
+    assert!(sent.lock().unwrap()[0].0.is_some());
+}

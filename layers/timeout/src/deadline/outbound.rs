@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use palisade_core::{BoxError, ConfigError, Deadline, Error, Name, Rejection, RejectionKind};
 use pin_project::pin_project;
-use tokio::time::{Instant, Sleep, sleep_until};
+
+use crate::future::Timer;
+use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -305,11 +307,8 @@ enum State<F> {
     Bounded {
         #[pin]
         future: F,
-        /// Made at the inner call's first pending, for `deadline`: a call answered
-        /// at once never touches the runtime's timer.
         #[pin]
-        sleep: Option<Sleep>,
-        deadline: Instant,
+        timer: Timer,
         shared: Arc<OutboundShared>,
     },
     Refused {
@@ -336,8 +335,7 @@ impl<F> OutboundFuture<F> {
         Self {
             state: State::Bounded {
                 future,
-                sleep: None,
-                deadline,
+                timer: Timer::Due(deadline),
                 shared,
             },
         }
@@ -367,20 +365,14 @@ where
             }
             StateProj::Bounded {
                 future,
-                mut sleep,
-                deadline,
+                timer,
                 shared,
             } => {
                 // The response wins a tie with the deadline.
                 if let Poll::Ready(result) = future.poll(cx) {
                     return Poll::Ready(result.map_err(Error::from_service));
                 }
-                if sleep.as_mut().as_pin_mut().is_none() {
-                    sleep.set(Some(sleep_until(*deadline)));
-                }
-                if let Some(sleep) = sleep.as_pin_mut()
-                    && sleep.poll(cx).is_pending()
-                {
+                if timer.poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 shared.metrics.expired();
