@@ -12,7 +12,7 @@
 //! (2 KiB per series at 16 lanes), and one sample block per lane per histogram.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crossbeam_utils::CachePadded;
@@ -93,22 +93,26 @@ impl CounterFn for ShardedCounter {
 }
 
 /// A gauge whose increments and decrements land in this thread's slot (as an `f64`
-/// delta). A gauge that is ever `set` goes straight to the exporter from then on:
-/// a set value and deltas waiting in slots cannot be ordered without a lock.
+/// delta). `set` takes the gauge's fold lock and folds the slots first, so the value
+/// set counts after every delta made before it, and the deltas made after it are
+/// folded on top.
 struct ShardedGauge {
     inner: Gauge,
     slots: Slots<AtomicU64>,
-    direct: AtomicBool,
-    /// Orders folds and the switch to direct (cold paths only).
+    /// Orders folds and sets.
     fold: Mutex<()>,
 }
 
 impl ShardedGauge {
     fn fold_locked(&self) {
+        let zero = 0f64.to_bits();
         let sum: f64 = self
             .slots
             .iter()
-            .map(|s| f64::from_bits(s.swap(0f64.to_bits(), Ordering::Relaxed)))
+            // A load first: a gauge that is only ever set keeps its slots at zero,
+            // and reading them does not take their cache lines from other cores.
+            .filter(|s| s.load(Ordering::Relaxed) != zero)
+            .map(|s| f64::from_bits(s.swap(zero, Ordering::Relaxed)))
             .sum();
         if sum != 0.0 {
             self.inner.increment(sum);
@@ -122,10 +126,6 @@ impl ShardedGauge {
 
     #[inline]
     fn add(&self, delta: f64) {
-        if self.direct.load(Ordering::Relaxed) {
-            self.inner.increment(delta);
-            return;
-        }
         // Only this thread's lane writes here, apart from a fold's swap: the
         // update loop rarely runs twice.
         let _ = self
@@ -149,13 +149,8 @@ impl GaugeFn for ShardedGauge {
     }
 
     fn set(&self, value: f64) {
-        if !self.direct.load(Ordering::Acquire) {
-            let _fold = lock(&self.fold);
-            if !self.direct.load(Ordering::Relaxed) {
-                self.fold_locked();
-                self.direct.store(true, Ordering::Release);
-            }
-        }
+        let _fold = lock(&self.fold);
+        self.fold_locked();
         self.inner.set(value);
     }
 }
@@ -319,7 +314,6 @@ impl<R: Recorder> Recorder for ShardedRecorder<R> {
         Gauge::from_arc(self.shards.gauges.get_or_insert(key, || ShardedGauge {
             inner: self.inner.register_gauge(key, metadata),
             slots: Slots::new(self.width, || AtomicU64::new(0f64.to_bits())),
-            direct: AtomicBool::new(false),
             fold: Mutex::new(()),
         }))
     }
@@ -411,7 +405,7 @@ mod tests {
         let meta = Metadata::new("t", metrics::Level::INFO, None);
         let counter = recorder.register_counter(&Key::from_name("c"), &meta);
         let in_flight = recorder.register_gauge(&Key::from_name("g"), &meta);
-        let done = AtomicBool::new(false);
+        let done = std::sync::atomic::AtomicBool::new(false);
         let mut counted = 0;
         let mut gauge = 0.0;
         std::thread::scope(|s| {
@@ -450,19 +444,19 @@ mod tests {
     }
 
     #[test]
-    fn a_gauge_that_is_set_goes_straight_through() {
+    fn a_set_counts_after_the_deltas_before_it() {
         let debugging = DebuggingRecorder::new();
         let snapshotter = debugging.snapshotter();
         let recorder = ShardedRecorder::new(debugging);
         let meta = Metadata::new("t", metrics::Level::INFO, None);
         let gauge = recorder.register_gauge(&Key::from_name("g"), &meta);
-        // Deltas waiting in slots are folded before the first set overrides them.
+        // The 5 waiting in a slot is folded before the set overrides it; the 1
+        // after the set is folded on top of it.
         gauge.increment(5.0);
         gauge.set(2.0);
         gauge.increment(1.0);
-        assert_eq!(values(&snapshotter)["g"], DebugValue::Gauge(3.0.into()));
         recorder.shards().flush();
-        assert_eq!(values(&snapshotter)["g"], DebugValue::Gauge(0.0.into()));
+        assert_eq!(values(&snapshotter)["g"], DebugValue::Gauge(3.0.into()));
     }
 
     #[test]
