@@ -184,8 +184,11 @@ impl HistogramFn for ShardedHistogram {
 /// registering a series that exists takes one read lock (code that calls
 /// `counter!` on every request does not queue on one lock).
 struct SeriesMap<T> {
-    shards: Box<[RwLock<HashMap<Key, Arc<T>>>]>,
+    shards: Box<[Shard<T>]>,
 }
+
+/// One shard of a [`SeriesMap`].
+type Shard<T> = RwLock<HashMap<Key, Arc<T>>>;
 
 impl<T> Default for SeriesMap<T> {
     fn default() -> Self {
@@ -196,7 +199,7 @@ impl<T> Default for SeriesMap<T> {
 }
 
 impl<T> SeriesMap<T> {
-    fn shard(&self, key: &Key) -> &RwLock<HashMap<Key, Arc<T>>> {
+    fn shard(&self, key: &Key) -> &Shard<T> {
         &self.shards[(key.get_hash() as usize) & (self.shards.len() - 1)]
     }
 
