@@ -1,6 +1,8 @@
 //! A whole downstream stack against tower-resilience's equivalent five layers, with
 //! metrics recording into a Prometheus recorder: timeout, retry, circuit breaker,
-//! rate limit and bulkhead around a trivial service, single task and contended.
+//! rate limit and bulkhead around a trivial service, single task and contended; and,
+//! single task, around a service whose calls are pending once before they answer
+//! (as a network call is), so every timer is made.
 //!
 //! `cargo bench -p palisade-benches --bench downstream`
 
@@ -15,7 +17,7 @@ use palisade::retry::RetryConfig;
 use tower::{Layer, ServiceBuilder};
 
 mod support;
-use support::{contended, inner, single};
+use support::{contended, inner, inner_pending, single};
 
 /// A rate so high the limiter never binds: the bench measures its bookkeeping.
 const HUGE: u32 = 1_000_000_000;
@@ -35,65 +37,11 @@ fn stacks(c: &mut Criterion) {
         .build()
         .expect("multi-thread runtime");
 
-    let palisade = single_rt.block_on(async {
-        Downstream::builder("bench")
-            .retry(RetryConfig::default())
-            .breaker(BreakerConfig::default())
-            .rate_limit(RateLimitConfig {
-                rate: HUGE,
-                ..RateLimitConfig::default()
-            })
-            .bulkhead(BulkheadConfig {
-                max_concurrent: 1_000,
-                ..BulkheadConfig::default()
-            })
-            .timeout(TIMEOUT)
-            .build()
-            .expect("valid downstream")
-            .layer(inner())
-    });
-
-    let tower_resilience = contended_rt.block_on(async {
-        ServiceBuilder::new()
-            .layer(
-                tower_resilience_retry::RetryLayer::<u64, u64, std::io::Error>::builder()
-                    .max_attempts(3)
-                    .build(),
-            )
-            .map_err(to_io)
-            .layer(
-                tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
-                    .sliding_window_size(100)
-                    .failure_rate_threshold(0.5)
-                    .minimum_number_of_calls(100)
-                    .wait_duration_in_open(Duration::from_secs(30))
-                    .build()
-                    .expect("valid tower-resilience breaker"),
-            )
-            .map_err(to_io)
-            .layer(
-                tower_resilience_ratelimiter::RateLimiterLayer::builder()
-                    .limit_for_period(HUGE as usize)
-                    .refresh_period(Duration::from_secs(1))
-                    .timeout_duration(Duration::from_millis(10))
-                    .build()
-                    .expect("valid tower-resilience rate limiter"),
-            )
-            .map_err(to_io)
-            .layer(
-                tower_resilience_bulkhead::BulkheadLayer::builder()
-                    .max_concurrent_calls(1_000)
-                    .build()
-                    .expect("valid tower-resilience bulkhead"),
-            )
-            .map_err(to_io)
-            .layer(
-                tower_resilience_timelimiter::TimeLimiterLayer::builder()
-                    .timeout_duration(TIMEOUT)
-                    .build(),
-            )
-            .service(inner())
-    });
+    let palisade = single_rt.block_on(async { palisade_stack(inner()) });
+    let tower_resilience = contended_rt.block_on(async { tower_resilience_stack(inner()) });
+    let palisade_pending = single_rt.block_on(async { palisade_stack(inner_pending()) });
+    let tower_resilience_pending =
+        single_rt.block_on(async { tower_resilience_stack(inner_pending()) });
 
     let mut group = c.benchmark_group("downstream_single");
     group
@@ -124,6 +72,101 @@ fn stacks(c: &mut Criterion) {
         &tower_resilience,
     );
     group.finish();
+
+    let mut group = c.benchmark_group("downstream_pending_single");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30);
+    single(&mut group, &single_rt, "raw", &inner_pending());
+    single(&mut group, &single_rt, "palisade", &palisade_pending);
+    single(
+        &mut group,
+        &single_rt,
+        "tower_resilience",
+        &tower_resilience_pending,
+    );
+    group.finish();
+}
+
+/// Palisade's five layers around `inner` (build inside a runtime).
+fn palisade_stack<S>(
+    inner: S,
+) -> impl tower::Service<u64, Response = u64, Error: std::fmt::Debug + Send, Future: Send>
++ Clone
++ Send
++ 'static
+where
+    S: tower::Service<u64, Response = u64, Error = std::io::Error> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+{
+    Downstream::builder("bench")
+        .retry(RetryConfig::default())
+        .breaker(BreakerConfig::default())
+        .rate_limit(RateLimitConfig {
+            rate: HUGE,
+            ..RateLimitConfig::default()
+        })
+        .bulkhead(BulkheadConfig {
+            max_concurrent: 1_000,
+            ..BulkheadConfig::default()
+        })
+        .timeout(TIMEOUT)
+        .build()
+        .expect("valid downstream")
+        .layer(inner)
+}
+
+/// tower-resilience's same five layers around `inner` (build inside a runtime).
+fn tower_resilience_stack<S>(
+    inner: S,
+) -> impl tower::Service<u64, Response = u64, Error: std::fmt::Debug + Send, Future: Send>
++ Clone
++ Send
++ 'static
+where
+    S: tower::Service<u64, Response = u64, Error = std::io::Error> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+{
+    ServiceBuilder::new()
+        .layer(
+            tower_resilience_retry::RetryLayer::<u64, u64, std::io::Error>::builder()
+                .max_attempts(3)
+                .build(),
+        )
+        .map_err(to_io)
+        .layer(
+            tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+                .sliding_window_size(100)
+                .failure_rate_threshold(0.5)
+                .minimum_number_of_calls(100)
+                .wait_duration_in_open(Duration::from_secs(30))
+                .build()
+                .expect("valid tower-resilience breaker"),
+        )
+        .map_err(to_io)
+        .layer(
+            tower_resilience_ratelimiter::RateLimiterLayer::builder()
+                .limit_for_period(HUGE as usize)
+                .refresh_period(Duration::from_secs(1))
+                .timeout_duration(Duration::from_millis(10))
+                .build()
+                .expect("valid tower-resilience rate limiter"),
+        )
+        .map_err(to_io)
+        .layer(
+            tower_resilience_bulkhead::BulkheadLayer::builder()
+                .max_concurrent_calls(1_000)
+                .build()
+                .expect("valid tower-resilience bulkhead"),
+        )
+        .map_err(to_io)
+        .layer(
+            tower_resilience_timelimiter::TimeLimiterLayer::builder()
+                .timeout_duration(TIMEOUT)
+                .build(),
+        )
+        .service(inner)
 }
 
 /// tower-resilience's layers each wrap the inner error in their own type; a user

@@ -29,6 +29,38 @@ pub(crate) fn inner() -> impl Service<
     tower::service_fn(|x: u64| async move { Ok::<u64, std::io::Error>(x) })
 }
 
+/// The inner service of the "pending" variants: each call's future returns pending
+/// once (waking itself) before it answers, as a call over a network would, so that
+/// the layers' timers are made and registered.
+pub(crate) fn inner_pending()
+-> impl Service<u64, Response = u64, Error = std::io::Error, Future = YieldOnce> + Clone + Send + 'static
+{
+    tower::service_fn(|x: u64| YieldOnce { x, yielded: false })
+}
+
+/// A future that is pending once, then answers.
+pub(crate) struct YieldOnce {
+    x: u64,
+    yielded: bool,
+}
+
+impl Future for YieldOnce {
+    type Output = Result<u64, std::io::Error>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        if self.yielded {
+            std::task::Poll::Ready(Ok(self.x))
+        } else {
+            self.yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+}
+
 /// Makes `iters` calls through `svc`, checking each succeeded (so a breaker that
 /// opened by mistake would abort the bench rather than measure rejections).
 pub(crate) async fn calls<S>(svc: &mut S, iters: u64)
