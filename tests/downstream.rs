@@ -439,6 +439,7 @@ async fn a_config_change_retunes_in_place_and_an_open_breaker_stays_open() {
         breaker = { failure_rate_threshold = 0.5 }
         retry = { max_attempts = 3 }
         rate_limit = { rate = 100 }
+        timeout = "300ms"
         "#,
     )
     .unwrap();
@@ -446,6 +447,7 @@ async fn a_config_change_retunes_in_place_and_an_open_breaker_stays_open() {
         .retry(old.retry.clone().unwrap())
         .breaker(old.breaker.clone().unwrap())
         .rate_limit(old.rate_limit.unwrap())
+        .timeout(old.timeout.unwrap())
         .build()
         .unwrap();
     let handle = stack.handle();
@@ -456,11 +458,19 @@ async fn a_config_change_retunes_in_place_and_an_open_breaker_stays_open() {
         breaker = { failure_rate_threshold = 0.3 }
         retry = { max_attempts = 5 }
         rate_limit = { rate = 7 }
+        timeout = "150ms"
         "#,
     )
     .unwrap();
     let applied = handle.apply(&old, &new).unwrap();
-    assert_eq!(applied.retuned, vec![Section::Breaker, Section::RateLimit]);
+    assert_eq!(
+        applied.retuned,
+        vec![Section::Breaker, Section::Timeout, Section::RateLimit]
+    );
+    assert_eq!(
+        handle.timeout().unwrap().timeout(),
+        Duration::from_millis(150)
+    );
     assert_eq!(
         applied.needs_rebuild.len(),
         1,
@@ -479,15 +489,20 @@ async fn a_config_change_retunes_in_place_and_an_open_breaker_stays_open() {
     assert_eq!(handle.rate_limit().unwrap().config().rate, 7);
 
     // An invalid change applies nothing.
-    let bad: DownstreamConfig =
-        toml::from_str("breaker = { failure_rate_threshold = 2.0 }\nrate_limit = { rate = 9 }")
-            .unwrap();
+    let bad: DownstreamConfig = toml::from_str(
+        "breaker = { failure_rate_threshold = 2.0 }\nrate_limit = { rate = 9 }\ntimeout = \"1s\"",
+    )
+    .unwrap();
     let err = handle.apply(&new, &bad).unwrap_err();
     assert_eq!(
         err.to_string(),
         "breaker.failure_rate_threshold: 2 is not within 0..=1"
     );
     assert_eq!(handle.rate_limit().unwrap().config().rate, 7);
+    assert_eq!(
+        handle.timeout().unwrap().timeout(),
+        Duration::from_millis(150)
+    );
 }
 
 /// A call answered at once makes no timer, for the total timeout nor the per-try

@@ -69,6 +69,7 @@ use palisade_limit::bulkhead::{BulkheadConfig, BulkheadHandle};
 use palisade_limit::rate::{RateLimitConfig, RateLimitHandle};
 use palisade_limit::throttle::{ThrottleConfig, ThrottleHandle};
 use palisade_retry::{CloneRequests, HedgeDelay, RetryBudget, RetryConfig};
+use palisade_timeout::TimeoutHandle;
 use tower::layer::util::Stack;
 use tower_layer::Layer;
 
@@ -197,6 +198,7 @@ pub struct DownstreamHandle {
     pub(crate) adaptive: Option<AdaptiveLimitHandle>,
     pub(crate) throttle: Option<ThrottleHandle>,
     pub(crate) budget: Option<Arc<RetryBudget>>,
+    pub(crate) timeout: Option<TimeoutHandle>,
 }
 
 impl DownstreamHandle {
@@ -223,6 +225,10 @@ impl DownstreamHandle {
     /// The retry budget that retries and hedges spend, if retry is configured.
     pub fn retry_budget(&self) -> Option<&Arc<RetryBudget>> {
         self.budget.as_ref()
+    }
+    /// The per-try timeout's handle, if one is configured.
+    pub fn timeout(&self) -> Option<&TimeoutHandle> {
+        self.timeout.as_ref()
     }
 }
 
@@ -772,9 +778,10 @@ pub struct Applied {
 
 impl DownstreamHandle {
     /// Applies a configuration change from `old` to `new` to the running stack:
-    /// breaker and rate limit settings, and a bulkhead's `max_concurrent`, are
-    /// retuned in place, keeping their state; every other change is reported in [`Applied::needs_rebuild`]. Nothing
-    /// is applied unless every retune is valid.
+    /// breaker and rate limit settings, a bulkhead's `max_concurrent` and the
+    /// per-try timeout are retuned in place, keeping their state (calls in flight
+    /// keep their timeout); every other change is reported in
+    /// [`Applied::needs_rebuild`]. Nothing is applied unless every retune is valid.
     pub fn apply(
         &self,
         old: &crate::config::DownstreamConfig,
@@ -802,6 +809,12 @@ impl DownstreamHandle {
                             h.set_config(c).map_err(|e| e.within("rate_limit"))
                         }));
                         applied.retuned.push(Section::RateLimit);
+                    }
+                }
+                (Section::Timeout, true) if self.timeout.is_some() => {
+                    if let (Some(h), Some(t)) = (self.timeout.as_ref(), new.timeout) {
+                        plan.push(Box::new(move || h.set_timeout(t)));
+                        applied.retuned.push(Section::Timeout);
                     }
                 }
                 (Section::Bulkhead, true)

@@ -185,7 +185,9 @@ impl<C, P> Slot<C, P> for TimeoutSlot {
     type Layer = TimeoutLayer;
 
     fn build(self, cx: &mut BuildContext<'_, C, P>) -> Result<Self::Layer, ConfigError> {
-        TimeoutLayer::new(cx.name, self.0).map_err(|e| e.within("timeout"))
+        let layer = TimeoutLayer::new(cx.name, self.0).map_err(|e| e.within("timeout"))?;
+        cx.handle.timeout = Some(layer.handle());
+        Ok(layer)
     }
 }
 

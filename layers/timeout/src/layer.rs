@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use palisade_core::lanes::Lanes;
@@ -37,12 +38,28 @@ pub struct TimeoutLayer {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) name: Name,
-    pub(crate) timeout: Duration,
-    pub(crate) armed: Duration,
+    /// The timeout in nanoseconds, clamped to ten years so that `now + timeout`
+    /// cannot overflow and needs no checked path per call. Changed by a
+    /// [`TimeoutHandle`]; read (relaxed) once per call.
+    armed: AtomicU64,
     pub(crate) metrics: TimeoutMetrics,
 }
 
+/// The longest timeout a call is armed with (longer ones are clamped to it).
+const MAX_ARMED: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+fn armed_nanos(timeout: Duration) -> u64 {
+    // Ten years in nanoseconds fits a u64 (about 3.2e17).
+    timeout.min(MAX_ARMED).as_nanos() as u64
+}
+
 impl Shared {
+    /// The timeout a call made now gets.
+    #[inline]
+    pub(crate) fn armed(&self) -> Duration {
+        Duration::from_nanos(self.armed.load(Ordering::Relaxed))
+    }
+
     pub(crate) fn rejection(&self, kind: RejectionKind) -> Rejection {
         Rejection::new(kind).with_downstream(self.name.clone())
     }
@@ -63,13 +80,17 @@ impl TimeoutLayer {
         Ok(Self {
             shared: Lanes::new(Arc::new(Shared {
                 name,
-                timeout,
-                // Arithmetic uses a timeout clamped to ten years, so `now + armed`
-                // cannot overflow and needs no checked path per call.
-                armed: timeout.min(Duration::from_secs(10 * 365 * 86_400)),
+                armed: AtomicU64::new(armed_nanos(timeout)),
                 metrics,
             })),
         })
+    }
+
+    /// A handle that reads and changes the timeout of every service of this layer.
+    pub fn handle(&self) -> TimeoutHandle {
+        TimeoutHandle {
+            shared: Arc::clone(self.shared.shared()),
+        }
     }
 
     /// The downstream name.
@@ -77,9 +98,47 @@ impl TimeoutLayer {
         &self.shared.name
     }
 
-    /// The timeout.
+    /// The timeout (clamped to ten years).
     pub fn timeout(&self) -> Duration {
-        self.shared.timeout
+        self.shared.armed()
+    }
+}
+
+/// Reads and changes a [`TimeoutLayer`]'s timeout at run time: calls made after a
+/// change get the new timeout; calls in flight keep theirs.
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_timeout::TimeoutLayer;
+///
+/// let layer = TimeoutLayer::new("customer", Duration::from_millis(300)).unwrap();
+/// let handle = layer.handle();
+/// handle.set_timeout(Duration::from_millis(150)).unwrap();
+/// assert_eq!(layer.timeout(), Duration::from_millis(150));
+/// let err = handle.set_timeout(Duration::ZERO).unwrap_err();
+/// assert_eq!(err.to_string(), "timeout: must be more than zero");
+/// ```
+#[derive(Debug, Clone)]
+pub struct TimeoutHandle {
+    shared: Arc<Shared>,
+}
+
+impl TimeoutHandle {
+    /// The timeout (clamped to ten years).
+    pub fn timeout(&self) -> Duration {
+        self.shared.armed()
+    }
+
+    /// Sets the timeout for calls made from now on; a zero timeout is refused
+    /// (field `timeout`) and changes nothing.
+    pub fn set_timeout(&self, timeout: Duration) -> Result<(), ConfigError> {
+        if timeout.is_zero() {
+            return Err(ConfigError::new("timeout", "must be more than zero"));
+        }
+        self.shared
+            .armed
+            .store(armed_nanos(timeout), Ordering::Relaxed);
+        Ok(())
     }
 }
 

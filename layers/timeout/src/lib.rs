@@ -77,7 +77,7 @@ mod service;
 
 pub use deadline::{InboundDeadlineLayer, OutboundDeadlineLayer};
 pub use future::ResponseFuture;
-pub use layer::TimeoutLayer;
+pub use layer::{TimeoutHandle, TimeoutLayer};
 pub use service::Timeout;
 
 // The README's snippets are compiled and run as doc tests.

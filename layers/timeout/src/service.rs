@@ -55,7 +55,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Timeout<S> {
         f.debug_struct("Timeout")
             .field("inner", &self.inner)
             .field("name", &self.shared.name)
-            .field("timeout", &self.shared.timeout)
+            .field("timeout", &self.shared.armed())
             .finish_non_exhaustive()
     }
 }
@@ -92,7 +92,7 @@ impl<S> Timeout<S> {
 
     /// The timeout.
     pub fn timeout(&self) -> Duration {
-        self.shared.timeout
+        self.shared.armed()
     }
 
     /// The inner service.
@@ -152,7 +152,7 @@ where
             Readied::Unknown => Deadline::current(),
         };
         let now = palisade_core::clock::now();
-        let limit = now + self.shared.armed;
+        let limit = now + self.shared.armed();
         let (until, expiry) = match deadline {
             Some(deadline) if deadline.instant() <= limit => (deadline.instant(), Expiry::Deadline),
             _ => (limit, Expiry::Timeout),

@@ -366,3 +366,34 @@ fn a_call_answered_at_once_makes_no_timer() {
     let mut fut = pin!(svc.call(7));
     assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(7))));
 }
+
+/// A timeout changed through the handle applies to calls made after the change;
+/// a call in flight keeps the timeout it started with.
+#[tokio::test(start_paused = true)]
+async fn a_changed_timeout_applies_to_the_next_calls_only() {
+    let layer = TimeoutLayer::new("test", Duration::from_secs(1)).unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(tower::service_fn(|_: u32| {
+        std::future::pending::<Result<u32, std::io::Error>>()
+    }));
+    let started = Instant::now();
+    let first = tokio::spawn(svc.ready().await.unwrap().call(1));
+    tokio::task::yield_now().await;
+
+    handle.set_timeout(Duration::from_millis(100)).unwrap();
+    assert_eq!(handle.timeout(), Duration::from_millis(100));
+    let e = svc.ready().await.unwrap().call(2).await.unwrap_err();
+    assert_eq!(e.rejection().unwrap().kind(), RejectionKind::Timeout);
+    assert_eq!(started.elapsed(), Duration::from_millis(100));
+
+    let e = first.await.unwrap().unwrap_err();
+    assert_eq!(e.rejection().unwrap().kind(), RejectionKind::Timeout);
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+
+    // A zero timeout is refused and changes nothing.
+    assert_eq!(
+        handle.set_timeout(Duration::ZERO).unwrap_err().to_string(),
+        "timeout: must be more than zero"
+    );
+    assert_eq!(handle.timeout(), Duration::from_millis(100));
+}
