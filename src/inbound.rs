@@ -8,7 +8,7 @@
 //! `504` for a deadline already passed, each with `Retry-After` where a hint exists
 //! and `x-palisade-rejection: <kind>` — and the handler is not called. An error from
 //! the handler itself becomes a `500`. The service's error type is
-//! [`Infallible`](std::convert::Infallible), so the stack fits `axum::Router::layer`.
+//! [`std::convert::Infallible`], so the stack fits `axum::Router::layer`.
 //!
 //! ```
 //! use palisade::Inbound;

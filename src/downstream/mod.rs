@@ -55,6 +55,7 @@
 //! # }
 //! ```
 
+mod configured;
 pub(crate) mod front;
 mod hop;
 mod slot;
@@ -73,6 +74,11 @@ use palisade_timeout::TimeoutHandle;
 use tower::layer::util::Stack;
 use tower_layer::Layer;
 
+pub use configured::{
+    ConcurrencyLayer, ConcurrencySlot, Configured, ConfiguredBuilder, ConfiguredLayers, Keep,
+    LiveDownstream, LiveHandle, Optional, Passthrough, PassthroughFuture, PassthroughService,
+    Updated,
+};
 pub use front::{Front, FrontFuture};
 #[cfg(feature = "http")]
 pub use hop::HttpDeadline;
@@ -699,6 +705,35 @@ where
         >,
         ConfigError,
     > {
+        self.build_parts().map(|(downstream, _)| downstream)
+    }
+
+    /// [`build`](Self::build), also returning a clone of each policy's layer (sharing
+    /// its state), for a stack built again with some of them kept.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn build_parts(
+        self,
+    ) -> Result<
+        (
+            Downstream<
+                Layers<
+                    O::Layer,
+                    H::Layer,
+                    T::Layer,
+                    K::Layer,
+                    L::Layer,
+                    B::Layer,
+                    G::Layer,
+                    R::Layer,
+                    A::Layer,
+                    F::Layer,
+                >,
+                C,
+            >,
+            Parts<R::Layer, B::Layer, L::Layer, K::Layer, T::Layer, O::Layer>,
+        ),
+        ConfigError,
+    > {
         let name = Name::new(&self.name).map_err(|e| ConfigError::new("name", e.to_string()))?;
         if self.total_timeout.is_some_and(|t| t.is_zero()) {
             return Err(ConfigError::new("total_timeout", "must be more than zero"));
@@ -732,6 +767,14 @@ where
             .hop
             .build(name.as_str(), self.margin, self.min_remaining)?;
         let handle = cx.handle;
+        let parts = Parts {
+            retry: retry.clone(),
+            breaker: breaker.clone(),
+            rate: rate.clone(),
+            concurrency: concurrency.clone(),
+            throttle: throttle.clone(),
+            timeout: timeout.clone(),
+        };
         let layers = Stack::new(
             timeout,
             Stack::new(
@@ -752,7 +795,7 @@ where
             ),
         );
         let metrics = self.metrics.then(|| FrontMetrics::register(&name));
-        Ok(Downstream {
+        let downstream = Downstream {
             front: Lanes::new(Arc::new(FrontShared {
                 name,
                 total: self.total_timeout,
@@ -761,8 +804,21 @@ where
             classify: self.classify,
             layers,
             handle,
-        })
+        };
+        Ok((downstream, parts))
     }
+}
+
+/// Clones of a built stack's policy layers (sharing their state); the hedge is
+/// left out (configured stacks do not build one).
+#[derive(Debug, Clone)]
+pub(crate) struct Parts<R, B, L, K, T, O> {
+    pub(crate) retry: R,
+    pub(crate) breaker: B,
+    pub(crate) rate: L,
+    pub(crate) concurrency: K,
+    pub(crate) throttle: T,
+    pub(crate) timeout: O,
 }
 
 /// What [`DownstreamHandle::apply`] did with a configuration change.
