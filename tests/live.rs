@@ -385,3 +385,51 @@ async fn a_watched_file_drives_the_live_stack() {
     drop(watcher);
     follow.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_breaker_window_gets_a_new_breaker() {
+    let (mut svc, live) = Downstream::builder("d")
+        .live(&section(BREAKER), Endpoint::default())
+        .unwrap();
+    svc.ready().await.unwrap().call(2).await.unwrap_err();
+    svc.ready().await.unwrap().call(4).await.unwrap_err();
+    assert_eq!(live.handle().breaker().unwrap().state(), State::Open);
+
+    // A breaker cannot change its window while running: the stack gets a new one.
+    let updated = live
+        .update(&section(&BREAKER.replace("size = 10", "size = 20")))
+        .unwrap();
+    assert_eq!(
+        (updated.rebuilt[0].section, updated.rebuilt[0].kind),
+        (Section::Breaker, ChangeKind::Changed)
+    );
+    assert_eq!(live.handle().breaker().unwrap().state(), State::Closed);
+    assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_update_whose_stack_cannot_be_built_changes_nothing() {
+    // The section's deadline settings stand in for the builder's, which are
+    // invalid on their own (min_remaining below the default margin).
+    let v1 = section("timeout = \"1s\"\ndeadline = { margin = \"1ms\", min_remaining = \"3ms\" }");
+    let (_svc, live) = Downstream::builder("d")
+        .min_remaining(Duration::from_millis(2))
+        .live(&v1, Endpoint::default())
+        .unwrap();
+    // Removing the deadline section falls back to the builder's settings, which
+    // cannot build; the timeout change in the same update is not applied either.
+    let e = live.update(&section("timeout = \"2s\"")).unwrap_err();
+    assert!(e.to_string().starts_with("deadline.min_remaining: "), "{e}");
+    assert_eq!(live.config(), v1);
+    assert_eq!(
+        live.handle().timeout().unwrap().timeout(),
+        Duration::from_secs(1)
+    );
+    // A deadline change that builds is followed (a rebuilt stack).
+    let updated = live
+        .update(&section(
+            "timeout = \"1s\"\ndeadline = { margin = \"1ms\", min_remaining = \"5ms\" }",
+        ))
+        .unwrap();
+    assert_eq!(updated.rebuilt[0].section, Section::Deadline);
+}

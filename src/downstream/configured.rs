@@ -13,7 +13,11 @@
 //! changed in a way its layer cannot take, a new stack is built in which every
 //! other policy keeps its layer and state (an open breaker stays open, a spent
 //! retry budget stays spent), and clones of the service move to it at their next
-//! `poll_ready`. Calls in flight finish on the stack they started on.
+//! `poll_ready`. Calls in flight finish on the stack they started on; so does a
+//! clone already waiting in the old stack's `poll_ready` (a bulkhead queue, a rate
+//! limit's wait) until that wait ends. A limiter built anew (a bulkhead changed
+//! beyond its size, an adaptive limit) starts empty while calls on the old one are
+//! still in flight; a removed policy's gauges keep their last value.
 //!
 //! The sections that need your code — `balance` (the endpoints), `cache` (what a
 //! response is) and `fallback` (the answer) — are not built from the config: give
@@ -317,7 +321,7 @@ where
     /// Fills every policy slot from `config` (validated first; errors name the
     /// section and field): each section present becomes its layer, each absent one
     /// a [`Passthrough`]. The `deadline` section sets the margin and minimum time
-    /// left. `balance`, `cache` and `fallback` need your code: build their layers
+    /// left (absent, the builder's own apply). `balance`, `cache` and `fallback` need your code: build their layers
     /// from their sections and give them to [`fallback`](Builder::fallback),
     /// [`cache`](Builder::cache) or as the endpoint.
     ///
@@ -562,7 +566,8 @@ impl LiveHandle {
         self.core.handle()
     }
 
-    /// The configuration the stack follows now.
+    /// The section last applied (including the parts a live stack does not
+    /// follow: see [`Updated::not_followed`]).
     pub fn config(&self) -> DownstreamConfig {
         self.core.config()
     }
@@ -572,7 +577,8 @@ impl LiveHandle {
     /// downstream is applied with [`update`](Self::update), starting with the one
     /// current now. A configuration without the section, or one the stack refuses,
     /// is logged and leaves the running stack as it is. The task ends when the
-    /// sender is dropped.
+    /// sender is dropped; it keeps the stack's state alive until then (abort the
+    /// returned handle to stop following sooner).
     pub fn follow(
         &self,
         mut configs: tokio::sync::watch::Receiver<Arc<crate::Config>>,
@@ -658,8 +664,10 @@ where
 
     fn update(&self, new: &DownstreamConfig) -> Result<Updated, ConfigError> {
         let mut state = lock(&self.state);
-        new.validate()?;
-        let applied = state.handle.apply(&state.config, new)?;
+        // What changes, decided before anything is changed: an error in planning
+        // or in building the new stack leaves the running one as it was.
+        let handle = state.handle.clone();
+        let (applied, retunes) = handle.plan(&state.config, new)?;
         let mut updated = Updated {
             retuned: applied.retuned,
             ..Updated::default()
@@ -673,14 +681,21 @@ where
                 updated.not_followed.push(change);
             }
         }
-        if !rebuild.is_empty() {
+        let rebuilt = if rebuild.is_empty() {
+            None
+        } else {
             let keeping = Keeping {
                 old: Some(&state.parts),
                 rebuild: &rebuild,
             };
-            // Every section was validated above: building can only fail where the
-            // builder checks more than the config does, and then nothing is swapped.
-            let (downstream, parts) = self.base.clone().fill(new, &keeping).build_parts()?;
+            Some(self.base.clone().fill(new, &keeping).build_parts()?)
+        };
+        // Kept layers are shared by both stacks: retuning them now retunes the new
+        // one too. Every retune was checked by the plan's validation.
+        for retune in retunes {
+            retune()?;
+        }
+        if let Some((downstream, parts)) = rebuilt {
             let service = downstream.layer(state.endpoint.clone());
             state.handle = downstream.handle();
             state.parts = parts;

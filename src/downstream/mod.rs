@@ -843,14 +843,32 @@ impl DownstreamHandle {
         old: &crate::config::DownstreamConfig,
         new: &crate::config::DownstreamConfig,
     ) -> Result<Applied, ConfigError> {
+        let (applied, retunes) = self.plan(old, new)?;
+        for retune in retunes {
+            retune()?;
+        }
+        Ok(applied)
+    }
+
+    /// What [`apply`](Self::apply) would do, without doing it: the sections it
+    /// would retune (and the steps that retune them, to run in order) and those it
+    /// would leave for a rebuild.
+    pub(crate) fn plan(
+        &self,
+        old: &crate::config::DownstreamConfig,
+        new: &crate::config::DownstreamConfig,
+    ) -> Result<(Applied, Vec<Retune<'_>>), ConfigError> {
         use crate::config::{ChangeKind, Section};
         new.validate()?;
         let mut applied = Applied::default();
-        let mut plan: Vec<Box<dyn FnOnce() -> Result<(), ConfigError> + '_>> = Vec::new();
+        let mut plan: Vec<Retune<'_>> = Vec::new();
         for change in old.diff(new) {
             let live = change.kind == ChangeKind::Changed;
             match (change.section, live) {
-                (Section::Breaker, true) if self.breaker.is_some() => {
+                // A new window or mode needs a new breaker.
+                (Section::Breaker, true)
+                    if self.breaker.is_some() && same_breaker_window_and_mode(old, new) =>
+                {
                     let (h, c) = (self.breaker.as_ref(), new.breaker.clone());
                     if let (Some(h), Some(c)) = (h, c) {
                         plan.push(Box::new(move || {
@@ -887,10 +905,20 @@ impl DownstreamHandle {
                 _ => applied.needs_rebuild.push(change),
             }
         }
-        for step in plan {
-            step()?;
-        }
-        Ok(applied)
+        Ok((applied, plan))
+    }
+}
+
+/// One step of a retune in place.
+pub(crate) type Retune<'a> = Box<dyn FnOnce() -> Result<(), ConfigError> + 'a>;
+
+fn same_breaker_window_and_mode(
+    old: &crate::config::DownstreamConfig,
+    new: &crate::config::DownstreamConfig,
+) -> bool {
+    match (&old.breaker, &new.breaker) {
+        (Some(o), Some(n)) => o.window == n.window && o.mode == n.mode,
+        _ => false,
     }
 }
 
