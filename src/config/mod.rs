@@ -85,6 +85,12 @@
 //! invalid version is logged, counted in `palisade_config_reload_errors_total` and
 //! otherwise ignored: the running config stays. [`Config::diff`] lists what changed
 //! per downstream and section, for the code that applies it to running layers.
+//! Two ways to apply it: [`DownstreamHandle::apply`](crate::DownstreamHandle::apply)
+//! retunes a stack built in code (thresholds, rates, sizes, timeouts), and a stack
+//! built from its section with
+//! [`Builder::live`](crate::downstream::Builder::live) follows the file whole —
+//! policies added and removed included — through
+//! [`LiveHandle::follow`](crate::downstream::LiveHandle::follow).
 //!
 //! # Metrics
 //!
