@@ -382,6 +382,17 @@ async fn a_watched_file_drives_the_live_stack() {
     assert!(live.handle().breaker().is_none());
     assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 1);
 
+    // A file without this downstream's section keeps the running stack.
+    let running = live.config();
+    write("[downstreams.other]\ntimeout = \"1s\"\n");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(watcher.current().downstreams.contains_key("other"));
+    assert_eq!(live.config(), running);
+    assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 1);
+
+    // The task ends with the watcher.
     drop(watcher);
     follow.await.unwrap();
 }
