@@ -291,23 +291,40 @@ async fn a_bulkhead_can_become_an_adaptive_limit() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_hedge_is_left_to_code() {
+async fn a_hedge_added_later_spends_the_kept_retry_budget() {
     let with_hedge = section("retry = { max_attempts = 2 }\nhedge = { max_hedges = 1 }");
-    let e = Downstream::builder("d")
+    let built = Downstream::builder("d")
         .configured(&with_hedge)
-        .unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "hedge: is not built from configuration; add it in code with Builder::hedge"
-    );
-    let (_svc, live) = Downstream::builder("d")
+        .unwrap()
+        .build()
+        .unwrap();
+    assert!(built.handle().retry_budget().is_some());
+
+    let (mut svc, live) = Downstream::builder("d")
         .live(
             &section("retry = { max_attempts = 2 }"),
             Endpoint::default(),
         )
         .unwrap();
+    let budget = Arc::clone(live.handle().retry_budget().unwrap());
     let updated = live.update(&with_hedge).unwrap();
-    assert_eq!(updated.not_followed[0].section, Section::Hedge);
+    assert_eq!(
+        (updated.rebuilt[0].section, updated.rebuilt[0].kind),
+        (Section::Hedge, ChangeKind::Added)
+    );
+    // The retry (and so its budget, which the new hedge spends) was kept.
+    assert!(Arc::ptr_eq(live.handle().retry_budget().unwrap(), &budget));
+    assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 1);
+
+    // A changed retry is built anew, with a new budget, and the hedge with it.
+    let updated = live
+        .update(&section(
+            "retry = { max_attempts = 3 }\nhedge = { max_hedges = 1 }",
+        ))
+        .unwrap();
+    assert_eq!(updated.rebuilt[0].section, Section::Retry);
+    assert!(!Arc::ptr_eq(live.handle().retry_budget().unwrap(), &budget));
+    assert_eq!(svc.ready().await.unwrap().call(3).await.unwrap(), 3);
 }
 
 #[tokio::test(start_paused = true)]

@@ -22,16 +22,14 @@
 //! The sections that need your code — `balance` (the endpoints), `cache` (what a
 //! response is) and `fallback` (the answer) — are not built from the config: give
 //! their layers to the builder, and an update reports their changes in
-//! [`Updated::not_followed`]. Nor is `hedge`: a stack in which retry and hedge may
-//! each be present or absent has a type the compiler takes minutes over, so a
-//! section with `hedge` is refused (build that stack in code), and a hedge added
-//! later is reported not followed.
+//! [`Updated::not_followed`].
 //!
 //! Every policy slot of a configured stack is either its layer or a pass-through,
-//! so the compiler checks each layer's code for both: with an endpoint whose future
-//! is an `async` block the compiler's work grows steeply (two minutes for one stack
-//! here). An endpoint with a named future type (a hyper client, a balancer, a boxed
-//! service such as `tower::util::BoxCloneSyncService`) compiles in seconds.
+//! so the compiler checks each layer's code for both. With an endpoint whose future
+//! is an `async` block (a `service_fn` closure) that work grows steeply: minutes
+//! for one stack here. An endpoint with a named future type — a hyper client, a
+//! balancer, or any service boxed with `tower::util::BoxCloneSyncService` —
+//! compiles in seconds; box a closure endpoint.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -45,17 +43,16 @@ use palisade_limit::adaptive::AdaptiveLimitLayer;
 use palisade_limit::bulkhead::BulkheadLayer;
 use palisade_limit::rate::RateLimitLayer;
 use palisade_limit::throttle::ThrottleLayer;
-use palisade_retry::RetryLayer;
+use palisade_retry::{HedgeLayer, RetryLayer};
 use palisade_timeout::TimeoutLayer;
 use pin_project::pin_project;
-use tower::layer::util::Identity;
 use tower::util::Either;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::slot::{
-    AdaptiveSlot, BreakerSlot, BuildContext, BulkheadSlot, Off, RateSlot, RetrySlot, Slot,
-    ThrottleSlot, TimeoutSlot,
+    AdaptiveSlot, BreakerSlot, BuildContext, BulkheadSlot, HedgeSlot, Off, RateSlot, RetrySlot,
+    Slot, ThrottleSlot, TimeoutSlot,
 };
 use super::{Builder, Downstream, DownstreamHandle, HopSpec, Layers, Parts};
 use crate::config::{DownstreamConfig, Section, SectionChange};
@@ -75,7 +72,7 @@ pub type ConfiguredLayers<C, P, H, F, A> = Layers<
     Optional<ConcurrencyLayer<C>>,
     Optional<RateLimitLayer>,
     Optional<CircuitBreakerLayer<C>>,
-    Identity,
+    Optional<HedgeLayer<P, C>>,
     Optional<RetryLayer<P, C>>,
     <A as Slot<C, P>>::Layer,
     <F as Slot<C, P>>::Layer,
@@ -90,7 +87,7 @@ pub type ConfiguredBuilder<C, P, H, F, A> = Builder<
     F,
     A,
     Configured<RetrySlot, RetryLayer<P, C>>,
-    Off,
+    Configured<HedgeSlot, HedgeLayer<P, C>>,
     Configured<BreakerSlot, CircuitBreakerLayer<C>>,
     Configured<RateSlot, RateLimitLayer>,
     Configured<ConcurrencySlot, ConcurrencyLayer<C>>,
@@ -100,6 +97,7 @@ pub type ConfiguredBuilder<C, P, H, F, A> = Builder<
 
 type ConfiguredParts<C, P> = Parts<
     Optional<RetryLayer<P, C>>,
+    Optional<HedgeLayer<P, C>>,
     Optional<CircuitBreakerLayer<C>>,
     Optional<RateLimitLayer>,
     Optional<ConcurrencyLayer<C>>,
@@ -213,6 +211,13 @@ where
     }
 }
 
+impl<P, C> Keep for HedgeLayer<P, C>
+where
+    HedgeLayer<P, C>: Clone,
+{
+    fn keep<C2, P2>(&self, _: &mut BuildContext<'_, C2, P2>) {}
+}
+
 impl<C: Clone> Keep for CircuitBreakerLayer<C> {
     fn keep<C2, P2>(&self, cx: &mut BuildContext<'_, C2, P2>) {
         cx.handle.breaker = Some(self.handle());
@@ -267,18 +272,6 @@ impl<C: Clone, P> Slot<C, P> for ConcurrencySlot {
 }
 
 // ---- building from a section ------------------------------------------------------------
-
-/// Hedging is left to code: a stack in which both retry and hedge may be present
-/// or absent has a type that takes the compiler minutes to build.
-fn refuse_hedge(config: &DownstreamConfig) -> Result<(), ConfigError> {
-    match config.hedge {
-        Some(_) => Err(ConfigError::new(
-            "hedge",
-            "is not built from configuration; add it in code with Builder::hedge",
-        )),
-        None => Ok(()),
-    }
-}
 
 /// Which slots keep their layer in a rebuild.
 struct Keeping<'a, C, P> {
@@ -358,7 +351,6 @@ where
         config: &DownstreamConfig,
     ) -> Result<ConfiguredBuilder<C, P, H, F, A>, ConfigError> {
         config.validate()?;
-        refuse_hedge(config)?;
         Ok(self.fill(config, &Keeping::nothing()))
     }
 
@@ -370,6 +362,20 @@ where
         let retry = keep.slot(Section::Retry, config.retry.clone().map(RetrySlot), |p| {
             &p.retry
         });
+        // The hedge spends the retry's budget: a new retry layer means a new hedge.
+        let retry_kept = matches!(retry, Configured::Kept(_));
+        let hedge_keep = Keeping {
+            old: keep.old.filter(|_| retry_kept || config.retry.is_none()),
+            rebuild: keep.rebuild,
+        };
+        let hedge = hedge_keep.slot(
+            Section::Hedge,
+            config.hedge.map(|h| HedgeSlot {
+                delay: h.delay.into(),
+                max_hedges: h.max_hedges,
+            }),
+            |p| &p.hedge,
+        );
         let concurrency = match (&config.bulkhead, &config.adaptive) {
             (Some(b), _) => keep.slot(
                 Section::Bulkhead,
@@ -414,7 +420,7 @@ where
             fallback: self.fallback,
             cache: self.cache,
             retry,
-            hedge: Off,
+            hedge,
             breaker: keep.slot(
                 Section::Breaker,
                 config.breaker.clone().map(BreakerSlot),
@@ -446,8 +452,8 @@ pub struct Updated {
     /// Sections added, removed or changed beyond what a running layer takes: the
     /// stack was built again for them, every other policy keeping its layer.
     pub rebuilt: Vec<SectionChange>,
-    /// Changes to sections a live stack does not build (`hedge`, `balance`,
-    /// `cache`, `fallback`): yours to apply.
+    /// Changes to sections a live stack does not build (`balance`, `cache`,
+    /// `fallback`): yours to apply.
     pub not_followed: Vec<SectionChange>,
 }
 
@@ -637,12 +643,7 @@ struct LiveState<C, P, S> {
 fn built_here(section: Section) -> bool {
     !matches!(
         section,
-        Section::Hedge
-            | Section::Balance
-            | Section::Cache
-            | Section::Fallback
-            | Section::Shed
-            | Section::Name
+        Section::Balance | Section::Cache | Section::Fallback | Section::Shed | Section::Name
     )
 }
 
@@ -772,7 +773,6 @@ where
             Clone + Send + 'static,
     {
         config.validate()?;
-        refuse_hedge(config)?;
         let base = self.clone();
         let (downstream, parts) = self.fill(config, &Keeping::nothing()).build_parts()?;
         let service = downstream.layer(endpoint.clone());

@@ -730,7 +730,7 @@ where
                 >,
                 C,
             >,
-            Parts<R::Layer, B::Layer, L::Layer, K::Layer, T::Layer, O::Layer>,
+            Parts<R::Layer, G::Layer, B::Layer, L::Layer, K::Layer, T::Layer, O::Layer>,
         ),
         ConfigError,
     > {
@@ -769,6 +769,7 @@ where
         let handle = cx.handle;
         let parts = Parts {
             retry: retry.clone(),
+            hedge: hedge.clone(),
             breaker: breaker.clone(),
             rate: rate.clone(),
             concurrency: concurrency.clone(),
@@ -809,11 +810,11 @@ where
     }
 }
 
-/// Clones of a built stack's policy layers (sharing their state); the hedge is
-/// left out (configured stacks do not build one).
+/// Clones of a built stack's policy layers (sharing their state).
 #[derive(Debug, Clone)]
-pub(crate) struct Parts<R, B, L, K, T, O> {
+pub(crate) struct Parts<R, G, B, L, K, T, O> {
     pub(crate) retry: R,
+    pub(crate) hedge: G,
     pub(crate) breaker: B,
     pub(crate) rate: L,
     pub(crate) concurrency: K,
