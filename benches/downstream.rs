@@ -38,6 +38,7 @@ fn stacks(c: &mut Criterion) {
         .expect("multi-thread runtime");
 
     let palisade = single_rt.block_on(async { palisade_stack(inner()) });
+    let configured = single_rt.block_on(async { configured_stack(inner()) });
     let tower_resilience = contended_rt.block_on(async { tower_resilience_stack(inner()) });
     let palisade_pending = single_rt.block_on(async { palisade_stack(inner_pending()) });
     let tower_resilience_pending =
@@ -50,6 +51,7 @@ fn stacks(c: &mut Criterion) {
         .sample_size(30);
     single(&mut group, &single_rt, "raw", &inner());
     single(&mut group, &single_rt, "palisade", &palisade);
+    single(&mut group, &single_rt, "palisade_configured", &configured);
     single(
         &mut group,
         &single_rt,
@@ -115,6 +117,38 @@ where
         .build()
         .expect("valid downstream")
         .layer(inner)
+}
+
+/// The same five policies, built from a configuration section
+/// (`Builder::configured`: each slot its layer or a pass-through), followed live.
+fn configured_stack<S>(
+    inner: S,
+) -> impl tower::Service<u64, Response = u64, Error: std::fmt::Debug + Send, Future: Send>
++ Clone
++ Send
++ 'static
+where
+    S: tower::Service<u64, Response = u64, Error = std::io::Error> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+{
+    let section = palisade::config::DownstreamConfig {
+        retry: Some(RetryConfig::default()),
+        breaker: Some(BreakerConfig::default()),
+        rate_limit: Some(RateLimitConfig {
+            rate: HUGE,
+            ..RateLimitConfig::default()
+        }),
+        bulkhead: Some(BulkheadConfig {
+            max_concurrent: 1_000,
+            ..BulkheadConfig::default()
+        }),
+        timeout: Some(TIMEOUT),
+        ..palisade::config::DownstreamConfig::default()
+    };
+    let (service, _live) = Downstream::builder("configured")
+        .live(&section, inner)
+        .expect("valid section");
+    service
 }
 
 /// tower-resilience's same five layers around `inner` (build inside a runtime).
