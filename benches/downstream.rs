@@ -44,11 +44,7 @@ fn stacks(c: &mut Criterion) {
     let tower_resilience_pending =
         single_rt.block_on(async { tower_resilience_stack(inner_pending()) });
 
-    let mut group = c.benchmark_group("downstream_single");
-    group
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30);
+    let mut group = timed_group(c, "downstream_single");
     single(&mut group, &single_rt, "raw", &inner());
     single(&mut group, &single_rt, "palisade", &palisade);
     single(&mut group, &single_rt, "palisade_configured", &configured);
@@ -60,11 +56,7 @@ fn stacks(c: &mut Criterion) {
     );
     group.finish();
 
-    let mut group = c.benchmark_group("downstream_contended");
-    group
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30);
+    let mut group = timed_group(c, "downstream_contended");
     contended(&mut group, &contended_rt, "raw", &inner());
     contended(&mut group, &contended_rt, "palisade", &palisade);
     contended(
@@ -75,11 +67,7 @@ fn stacks(c: &mut Criterion) {
     );
     group.finish();
 
-    let mut group = c.benchmark_group("downstream_pending_single");
-    group
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30);
+    let mut group = timed_group(c, "downstream_pending_single");
     single(&mut group, &single_rt, "raw", &inner_pending());
     single(&mut group, &single_rt, "palisade", &palisade_pending);
     single(
@@ -89,6 +77,19 @@ fn stacks(c: &mut Criterion) {
         &tower_resilience_pending,
     );
     group.finish();
+}
+
+/// A benchmark group with this file's timing settings.
+fn timed_group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30);
+    group
 }
 
 /// Palisade's five layers around `inner` (build inside a runtime).

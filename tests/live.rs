@@ -68,6 +68,13 @@ impl Endpoint {
     }
 }
 
+/// Two failing calls: enough to open the breaker of [`BREAKER`].
+async fn open_the_breaker<S: Service<u32, Response = u32, Error = Error>>(svc: &mut S) {
+    for n in [2, 4] {
+        svc.ready().await.unwrap().call(n).await.unwrap_err();
+    }
+}
+
 fn kind(e: &Error) -> Option<RejectionKind> {
     e.rejection().map(|r| r.kind())
 }
@@ -129,9 +136,7 @@ async fn an_added_policy_rebuilds_the_stack_and_an_open_breaker_stays_open() {
     let (mut svc, live) = Downstream::builder("d")
         .live(&section(BREAKER), endpoint.clone())
         .unwrap();
-    for n in [2, 4] {
-        svc.ready().await.unwrap().call(n).await.unwrap_err();
-    }
+    open_the_breaker(&mut svc).await;
     let breaker = live.handle().breaker().unwrap().clone();
     assert_eq!(breaker.state(), State::Open);
 
@@ -187,9 +192,7 @@ async fn a_removed_policy_is_gone_from_the_next_call() {
     let (mut svc, live) = Downstream::builder("d")
         .live(&section(BREAKER), endpoint.clone())
         .unwrap();
-    for n in [2, 4] {
-        svc.ready().await.unwrap().call(n).await.unwrap_err();
-    }
+    open_the_breaker(&mut svc).await;
     let e = svc.ready().await.unwrap().call(1).await.unwrap_err();
     assert_eq!(kind(&e), Some(RejectionKind::CircuitOpen));
 
@@ -213,9 +216,7 @@ async fn thresholds_are_retuned_in_place_without_a_rebuild() {
         .live(&section(BREAKER), Endpoint::default())
         .unwrap();
     let breaker = live.handle().breaker().unwrap().clone();
-    for n in [2, 4] {
-        svc.ready().await.unwrap().call(n).await.unwrap_err();
-    }
+    open_the_breaker(&mut svc).await;
     let updated = live
         .update(&section(&BREAKER.replace("0.5", "0.9")))
         .unwrap();
@@ -378,9 +379,7 @@ async fn a_watched_file_drives_the_live_stack() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert!(live.handle().breaker().is_some());
-    for n in [2, 4] {
-        svc.ready().await.unwrap().call(n).await.unwrap_err();
-    }
+    open_the_breaker(&mut svc).await;
     let e = svc.ready().await.unwrap().call(1).await.unwrap_err();
     assert_eq!(kind(&e), Some(RejectionKind::CircuitOpen));
 

@@ -10,11 +10,12 @@ use metrics::{Histogram, Key, Label, Metadata, Unit};
 use palisade_core::clock;
 use palisade_core::lanes::{Lane, Lanes};
 use palisade_core::observe::{CounterSet, LabelValue, MetricScope, metric_name};
+use palisade_core::timer::LazyTimer;
 use palisade_core::{
     Classify, Deadline, DeadlineScope, Error, Name, Outcome, Rejection, RejectionKind,
 };
 use pin_project::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower_service::Service;
 
 static METADATA: Metadata<'static> =
@@ -200,9 +201,12 @@ where
         let (inner, timer) = match deadline {
             Some(d) => {
                 let fut = d.sync_scope(|| call(&mut self.inner, req));
-                (Scoped::Scoped(d.scoped(fut)), Timer::Due(d.instant()))
+                (
+                    Scoped::Scoped(d.scoped(fut)),
+                    Some(LazyTimer::due(d.instant())),
+                )
             }
-            None => (Scoped::Plain(call(&mut self.inner, req)), Timer::Idle),
+            None => (Scoped::Plain(call(&mut self.inner, req)), None),
         };
         FrontFuture {
             inner,
@@ -221,25 +225,16 @@ enum Scoped<F> {
     Scoped(#[pin] DeadlineScope<F>),
 }
 
-#[pin_project(project = TimerProj)]
-#[derive(Debug)]
-enum Timer {
-    /// No deadline.
-    Idle,
-    /// A deadline; its timer is made when the call first returns pending, so a
-    /// call answered at once never touches the runtime's timer.
-    Due(Instant),
-    Armed(#[pin] Sleep),
-}
-
 /// The response future of [`Front`].
 #[pin_project]
 #[derive(Debug)]
 pub struct FrontFuture<F, C> {
     #[pin]
     inner: Scoped<F>,
+    /// The deadline's timer, if there is a deadline (made at the call's first
+    /// pending).
     #[pin]
-    timer: Timer,
+    timer: Option<LazyTimer>,
     start: Option<Instant>,
     classify: C,
     shared: Arc<Lane<FrontShared>>,
@@ -253,27 +248,19 @@ where
     type Output = Result<T, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         let polled = match this.inner.project() {
             ScopedProj::Plain(f) => f.poll(cx),
             ScopedProj::Scoped(f) => f.poll(cx),
         };
-        if polled.is_pending()
-            && let Timer::Due(at) = *this.timer
-        {
-            this.timer.set(Timer::Armed(tokio::time::sleep_until(at)));
-        }
         let result = match polled {
             Poll::Ready(result) => result,
-            Poll::Pending => match this.timer.project() {
-                TimerProj::Armed(sleep) => match sleep.poll(cx) {
-                    Poll::Ready(()) => Err(Error::Rejected(
-                        Rejection::new(RejectionKind::DeadlineExceeded)
-                            .with_downstream(this.shared.name.clone()),
-                    )),
-                    Poll::Pending => return Poll::Pending,
-                },
-                TimerProj::Idle | TimerProj::Due(_) => return Poll::Pending,
+            Poll::Pending => match this.timer.as_pin_mut().map(|t| t.poll(cx)) {
+                Some(Poll::Ready(())) => Err(Error::Rejected(
+                    Rejection::new(RejectionKind::DeadlineExceeded)
+                        .with_downstream(this.shared.name.clone()),
+                )),
+                Some(Poll::Pending) | None => return Poll::Pending,
             },
         };
         if let (Some(metrics), Some(start)) = (&this.shared.metrics, *this.start) {

@@ -100,6 +100,23 @@ pub type BoxDownstream<Req, Res> = tower::util::BoxCloneSyncService<Req, Res, Er
 pub type Layers<O, H, T, K, L, B, G, R, A, F> =
     Stack<O, Stack<H, Stack<T, Stack<K, Stack<L, Stack<B, Stack<G, Stack<R, Stack<A, F>>>>>>>>>;
 
+/// The [`Downstream`] a [`Builder`] with these slots builds.
+pub type Built<C, P, H, F, A, R, G, B, L, K, T, O> = Downstream<
+    Layers<
+        <O as Slot<C, P>>::Layer,
+        <H as HopSpec>::Layer,
+        <T as Slot<C, P>>::Layer,
+        <K as Slot<C, P>>::Layer,
+        <L as Slot<C, P>>::Layer,
+        <B as Slot<C, P>>::Layer,
+        <G as Slot<C, P>>::Layer,
+        <R as Slot<C, P>>::Layer,
+        <A as Slot<C, P>>::Layer,
+        <F as Slot<C, P>>::Layer,
+    >,
+    C,
+>;
+
 /// One dependency's policies, assembled in the canonical order as one
 /// [`tower::Layer`]. See the [module docs](self) for the order and the rules it gives.
 ///
@@ -685,26 +702,7 @@ where
     /// Validates every policy and builds the layer. Errors name the policy and the
     /// field, e.g. `breaker.failure_rate_threshold: 1.5 is not within 0..=1`.
     #[allow(clippy::type_complexity)]
-    pub fn build(
-        self,
-    ) -> Result<
-        Downstream<
-            Layers<
-                O::Layer,
-                H::Layer,
-                T::Layer,
-                K::Layer,
-                L::Layer,
-                B::Layer,
-                G::Layer,
-                R::Layer,
-                A::Layer,
-                F::Layer,
-            >,
-            C,
-        >,
-        ConfigError,
-    > {
+    pub fn build(self) -> Result<Built<C, P, H, F, A, R, G, B, L, K, T, O>, ConfigError> {
         self.build_parts().map(|(downstream, _)| downstream)
     }
 
@@ -715,21 +713,7 @@ where
         self,
     ) -> Result<
         (
-            Downstream<
-                Layers<
-                    O::Layer,
-                    H::Layer,
-                    T::Layer,
-                    K::Layer,
-                    L::Layer,
-                    B::Layer,
-                    G::Layer,
-                    R::Layer,
-                    A::Layer,
-                    F::Layer,
-                >,
-                C,
-            >,
+            Built<C, P, H, F, A, R, G, B, L, K, T, O>,
             Parts<R::Layer, G::Layer, B::Layer, L::Layer, K::Layer, T::Layer, O::Layer>,
         ),
         ConfigError,

@@ -20,6 +20,8 @@
 //!   reading lent to every layer of a stack for the synchronous part of a call.
 //! - [`lanes`] gives response futures per-thread counted handles to a layer's shared
 //!   state, so their reference counts stay core-local under contention.
+//! - [`timer`] is a timer made at its first poll, so a call answered at once never
+//!   touches the runtime's timer.
 //! - [`Deadline`] carries the time by which a request must be answered across
 //!   layers (and, with the timeout crate's headers, across hops).
 //! - [`Clock`] reads time only through `tokio::time`, so tests can pause it.
@@ -52,6 +54,7 @@ pub mod lanes;
 mod name;
 pub mod observe;
 mod sync;
+pub mod timer;
 pub mod window;
 
 #[cfg(feature = "http")]

@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use palisade_core::lanes::Lane;
+use palisade_core::timer::LazyTimer;
 use palisade_core::{BoxError, Error, Rejection, RejectionKind};
 use pin_project::pin_project;
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::time::Instant;
 
 use crate::layer::Shared;
 use crate::metrics::CallOutcome;
@@ -40,7 +41,7 @@ enum State<F> {
         #[pin]
         future: F,
         #[pin]
-        timer: Timer,
+        timer: LazyTimer,
         expiry: Expiry,
         shared: Arc<Lane<Shared>>,
     },
@@ -49,32 +50,6 @@ enum State<F> {
     },
     /// Timed out: the inner future has been dropped.
     Expired,
-}
-
-/// A timer made only when it is first needed: a call answered at once never
-/// touches the runtime's timer.
-#[pin_project(project = TimerProj)]
-#[derive(Debug)]
-pub(crate) enum Timer {
-    /// Due at this instant; no timer made yet.
-    Due(Instant),
-    /// Made and registered.
-    Armed(#[pin] Sleep),
-}
-
-impl Timer {
-    /// Polls the timer, making it first if need be (so its waker is registered).
-    pub(crate) fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            match self.as_mut().project() {
-                TimerProj::Armed(sleep) => return sleep.poll(cx),
-                TimerProj::Due(at) => {
-                    let at = *at;
-                    self.set(Timer::Armed(sleep_until(at)));
-                }
-            }
-        }
-    }
 }
 
 impl<F> std::fmt::Debug for ResponseFuture<F> {
@@ -93,7 +68,7 @@ impl<F> ResponseFuture<F> {
         Self {
             state: State::Running {
                 future,
-                timer: Timer::Due(until),
+                timer: LazyTimer::due(until),
                 expiry,
                 shared,
             },

@@ -7,7 +7,7 @@ use std::time::Duration;
 use palisade_core::{BoxError, ConfigError, Deadline, Error, Name, Rejection, RejectionKind};
 use pin_project::pin_project;
 
-use crate::future::Timer;
+use palisade_core::timer::LazyTimer;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -308,7 +308,7 @@ enum State<F> {
         #[pin]
         future: F,
         #[pin]
-        timer: Timer,
+        timer: LazyTimer,
         shared: Arc<OutboundShared>,
     },
     Refused {
@@ -335,7 +335,7 @@ impl<F> OutboundFuture<F> {
         Self {
             state: State::Bounded {
                 future,
-                timer: Timer::Due(deadline),
+                timer: LazyTimer::due(deadline),
                 shared,
             },
         }
