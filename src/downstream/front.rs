@@ -172,48 +172,57 @@ where
         poll
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let ready_at = self.ready_at.take();
-        let metrics = self.shared.metrics.is_some();
-        let start = if metrics || self.shared.total.is_some() {
+        let total = self.shared.total;
+        let start = if self.shared.metrics.is_some() || total.is_some() {
             Some(ready_at.unwrap_or_else(Instant::now))
         } else {
             None
         };
-        // Every layer below reads this one reading as its now while it is called.
-        let call = |inner: &mut S, req| match start {
-            Some(at) => clock::lend(at, || inner.call(req)),
-            None => inner.call(req),
-        };
-        let deadline = match (self.shared.total, start) {
+        let classify = self.classify.clone();
+        let shared = self.shared.pick();
+        // Each arm builds the future in one expression around the inner call, so
+        // the inner future is written where it stays rather than copied up.
+        match (total, start) {
             (Some(total), Some(now)) => {
                 let own = now
                     .checked_add(total)
                     .map(Deadline::at)
                     .unwrap_or_else(|| Deadline::after(total));
-                Some(match Deadline::current() {
+                let deadline = match Deadline::current() {
                     Some(outer) => outer.min(own),
                     None => own,
-                })
+                };
+                // Every layer below reads this one reading as its now while it
+                // is called, and sees the deadline.
+                FrontFuture {
+                    inner: Scoped::Scoped(
+                        deadline.scoped(
+                            deadline.sync_scope(|| clock::lend(now, || self.inner.call(req))),
+                        ),
+                    ),
+                    timer: Some(LazyTimer::due(deadline.instant())),
+                    start,
+                    classify,
+                    shared,
+                }
             }
-            _ => None,
-        };
-        let (inner, timer) = match deadline {
-            Some(d) => {
-                let fut = d.sync_scope(|| call(&mut self.inner, req));
-                (
-                    Scoped::Scoped(d.scoped(fut)),
-                    Some(LazyTimer::due(d.instant())),
-                )
-            }
-            None => (Scoped::Plain(call(&mut self.inner, req)), None),
-        };
-        FrontFuture {
-            inner,
-            timer,
-            start,
-            classify: self.classify.clone(),
-            shared: self.shared.pick(),
+            (None, Some(now)) => FrontFuture {
+                inner: Scoped::Plain(clock::lend(now, || self.inner.call(req))),
+                timer: None,
+                start,
+                classify,
+                shared,
+            },
+            (_, None) => FrontFuture {
+                inner: Scoped::Plain(self.inner.call(req)),
+                timer: None,
+                start,
+                classify,
+                shared,
+            },
         }
     }
 }

@@ -42,24 +42,27 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 }
 
 impl<F, C> ResponseFuture<F, C> {
+    #[inline(always)]
+    /// `call` runs last, so its future is written in place.
     pub(crate) fn called(
-        future: F,
         shared: Arc<Lane>,
         classify: C,
         ticket: Ticket,
         started: Option<Instant>,
+        call: impl FnOnce() -> F,
     ) -> Self {
         Self {
             kind: Kind::Called {
-                future,
                 shared,
                 classify,
                 ticket: Some(ticket),
                 started,
+                future: call(),
             },
         }
     }
 
+    #[inline(always)]
     pub(crate) fn rejected(rejection: Rejection) -> Self {
         Self {
             kind: Kind::Rejected {

@@ -231,8 +231,9 @@ where
             } => ResponseFuture::rejected(shared.refusal(state, retry_after_nanos)),
             ticket => {
                 let started = shared.machine.slow_call_nanos().map(|_| Instant::now());
-                let future = self.inner.call(req);
-                ResponseFuture::called(future, shared, self.layer.classify.clone(), ticket, started)
+                ResponseFuture::called(shared, self.layer.classify.clone(), ticket, started, || {
+                    self.inner.call(req)
+                })
             }
         }
     }

@@ -207,6 +207,7 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         // Calling without `poll_ready` breaks the `Service` contract; decide
         // admission here rather than panic.
@@ -225,13 +226,12 @@ where
                     .machine
                     .slow_call_nanos()
                     .map(|_| Instant::now());
-                let future = self.inner.call(req);
                 ResponseFuture::called(
-                    future,
                     self.lanes.pick(),
                     self.classify.clone(),
                     ticket,
                     started,
+                    || self.inner.call(req),
                 )
             }
         }

@@ -526,6 +526,7 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         match std::mem::replace(&mut self.state, Admission::Idle) {
             Admission::Refused(rejection) => RateFuture::Refused(Some(rejection)),

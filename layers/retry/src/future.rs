@@ -68,15 +68,16 @@ impl<S, Req, P, C> ResponseFuture<S, Req, P, C>
 where
     S: Service<Req>,
 {
+    #[inline(always)]
+    /// `call` runs last, so its future is written in place.
     pub(crate) fn new(
-        future: S::Future,
         replay: Option<Req>,
         core: Arc<Lane<Core<Shared, S>>>,
         protocol: P,
         classify: C,
+        call: impl FnOnce() -> S::Future,
     ) -> Self {
         Self {
-            state: State::Calling { future },
             service: None,
             replay,
             pending: None,
@@ -85,6 +86,7 @@ where
             core,
             protocol,
             classify,
+            state: State::Calling { future: call() },
         }
     }
 }

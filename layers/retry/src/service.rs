@@ -211,6 +211,7 @@ where
         self.inner.poll_ready(cx).map_err(Error::from_service)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         self.protocol.prepare(&mut req, 1);
         let replay = if self.core.shared.config.max_attempts > 1 {
@@ -218,13 +219,12 @@ where
         } else {
             None
         };
-        let future = self.inner.call(req);
         ResponseFuture::new(
-            future,
             replay,
             self.core.pick(),
             self.protocol.clone(),
             self.classify.clone(),
+            || self.inner.call(req),
         )
     }
 }

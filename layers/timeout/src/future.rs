@@ -59,18 +59,20 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
 }
 
 impl<F> ResponseFuture<F> {
+    #[inline(always)]
+    /// `call` runs last, so its future is written in place.
     pub(crate) fn running(
-        future: F,
         until: Instant,
         expiry: Expiry,
         shared: Arc<Lane<Shared>>,
+        call: impl FnOnce() -> F,
     ) -> Self {
         Self {
             state: State::Running {
-                future,
                 timer: LazyTimer::due(until),
                 expiry,
                 shared,
+                future: call(),
             },
         }
     }

@@ -145,6 +145,7 @@ where
         self.inner.poll_ready(cx).map_err(Error::from_service)
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let deadline = match std::mem::take(&mut self.readied) {
             Readied::Expired => return self.refuse(),
@@ -160,7 +161,6 @@ where
         if expiry == Expiry::Deadline && until <= now {
             return self.refuse();
         }
-        let future = self.inner.call(req);
-        ResponseFuture::running(future, until, expiry, self.shared.pick())
+        ResponseFuture::running(until, expiry, self.shared.pick(), || self.inner.call(req))
     }
 }

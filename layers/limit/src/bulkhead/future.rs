@@ -35,15 +35,18 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn called(future: F, permit: Permit) -> Self {
+    #[inline(always)]
+    /// `call` runs last, so its future is written in place.
+    pub(crate) fn called(permit: Permit, call: impl FnOnce() -> F) -> Self {
         Self {
             kind: Kind::Called {
-                future,
                 permit: Some(permit),
+                future: call(),
             },
         }
     }
 
+    #[inline(always)]
     pub(crate) fn rejected(rejection: Rejection) -> Self {
         Self {
             kind: Kind::Rejected {

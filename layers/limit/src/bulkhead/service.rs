@@ -348,7 +348,7 @@ where
         if let Some(permit) = self.permit.take() {
             let waited = self.take_waited();
             self.shared.permitted(waited);
-            return ResponseFuture::called(self.inner.call(req), permit);
+            return ResponseFuture::called(permit, || self.inner.call(req));
         }
         match std::mem::replace(&mut self.pending, Pending::None) {
             Pending::Refused(reason) => {
@@ -363,7 +363,7 @@ where
                 match Shared::admit(&self.shared, 0) {
                     Admitted::Permit(permit) => {
                         self.shared.permitted(Duration::ZERO);
-                        ResponseFuture::called(self.inner.call(req), permit)
+                        ResponseFuture::called(permit, || self.inner.call(req))
                     }
                     Admitted::Queued(_) | Admitted::Full => ResponseFuture::rejected(
                         self.shared.refuse(RejectReason::QueueFull, Duration::ZERO),
