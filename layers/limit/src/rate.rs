@@ -44,6 +44,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use arc_swap::cache::Cache;
 use governor::Quota;
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
@@ -424,7 +425,7 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimit {
             inner,
             shared: Arc::clone(&self.shared),
-            limiter: Arc::clone(&self.limiter),
+            limiter: Cache::new(Arc::clone(&self.limiter)),
             state: Admission::Idle,
         }
     }
@@ -448,7 +449,9 @@ enum Admission {
 pub struct RateLimit<S> {
     inner: S,
     shared: Arc<Shared>,
-    limiter: Arc<ArcSwap<Limiter>>,
+    /// The current limiter, cached: a call compares one pointer with the swap's,
+    /// and loads afresh only after a quota change.
+    limiter: Cache<Arc<ArcSwap<Limiter>>, Arc<Limiter>>,
     state: Admission,
 }
 
@@ -457,7 +460,7 @@ impl<S: Clone> Clone for RateLimit<S> {
         Self {
             inner: self.inner.clone(),
             shared: Arc::clone(&self.shared),
-            limiter: Arc::clone(&self.limiter),
+            limiter: self.limiter.clone(),
             state: Admission::Idle,
         }
     }
@@ -486,7 +489,7 @@ where
             match &mut self.state {
                 Admission::Idle => {
                     let limiter = self.limiter.load();
-                    self.state = match self.shared.check(&limiter) {
+                    self.state = match self.shared.check(limiter) {
                         Ok(()) => Admission::Permitted { started: None },
                         Err(wait) => {
                             let started = Instant::now();
@@ -505,7 +508,7 @@ where
                     ready!(sleep.as_mut().poll(cx));
                     let started = *started;
                     let limiter = self.limiter.load();
-                    match self.shared.check(&limiter) {
+                    match self.shared.check(limiter) {
                         Ok(()) => {
                             self.state = Admission::Permitted {
                                 started: Some(started),
@@ -536,7 +539,7 @@ where
             }
             // Called without being made ready: decide now, without waiting.
             Admission::Idle | Admission::Waiting { .. } => {
-                match self.shared.check(&self.limiter.load()) {
+                match self.shared.check(self.limiter.load()) {
                     Ok(()) => {
                         self.shared.permitted(None);
                         RateFuture::Calling(self.inner.call(req))
