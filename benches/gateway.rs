@@ -30,14 +30,14 @@
 //! sample with any other answer aborts the bench.
 //!
 //! The stacks do not always do the same work as the plain clients: the
-//! stale-if-error cache in front of customer and catalog answers a GET from its
-//! entry, marked stale, while a call for the same key is already in flight. Every
-//! overview asks catalog for the same `/prices`, so under concurrent load many are
-//! answered that way (the gateway lists the part as `prices: stale`, although
-//! nothing failed), and order placement's price lookups (8 skus) too. The bench
-//! accepts such answers, counts them, and prints after each measurement the calls
-//! each request caused to each service behind the gateway, and the share of overviews
-//! with a part served stale, so the figures can be read with that in mind.
+//! stale-if-error cache in front of customer and catalog lets concurrent GETs of one
+//! key share one call to the service (a request arriving while that call is in
+//! flight waits for its answer). Every overview asks catalog for the same `/prices`,
+//! so under concurrent load far fewer catalog calls are made than overviews
+//! answered. The bench prints after each measurement the calls each request caused
+//! to each service behind the gateway, and the share of overviews with a part
+//! served stale (an answer from an old entry, which needs a failed call), so the
+//! figures can be read with that in mind.
 //!
 //! It also prints the CPU time each request took, the whole process counted (every
 //! service and the load generator), over the timed samples: on a machine shared
