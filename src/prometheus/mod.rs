@@ -39,8 +39,9 @@ pub const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// How often [`install`]'s server folds the per-thread slots and runs the exporter's
-/// upkeep between scrapes, which bounds the samples histograms hold.
+/// How often the installed recorder folds the per-thread slots and runs the
+/// exporter's upkeep between scrapes, which bounds the histogram samples held in
+/// memory however long nothing scrapes.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A builder with Palisade's histogram buckets set (for installing the exporter
@@ -61,15 +62,18 @@ impl PrometheusHandle {
     /// The text exposition (format 0.0.4) of every series, exact as of this call:
     /// the per-thread slots are folded in first.
     pub fn render(&self) -> String {
+        // One at a time with upkeep: samples on their way from the slots to the
+        // buckets would be missing from a render made meanwhile.
+        let _one = self.shards.maintenance();
         self.shards.flush();
         self.inner.render()
     }
 
     /// Folds the per-thread slots into the exporter's series and runs the exporter's
     /// upkeep (draining histogram samples into their buckets). Rendering does the
-    /// same; call this periodically if nothing scrapes for long stretches, or the
-    /// histogram samples gathered in between take memory.
+    /// same, and the installed recorder runs it every [`UPKEEP_INTERVAL`] on its own.
     pub fn run_upkeep(&self) {
+        let _one = self.shards.maintenance();
         self.shards.flush();
         self.inner.run_upkeep();
     }
@@ -119,29 +123,45 @@ pub fn install(listen: SocketAddr) -> Result<PrometheusHandle, InstallError> {
     };
     let handle = install_recorder()?;
     runtime.spawn(serve(listener, handle.clone()));
-    let upkeep = handle.clone();
-    runtime.spawn(async move {
-        let mut every = tokio::time::interval(UPKEEP_INTERVAL);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
     Ok(handle)
 }
 
 /// Installs a global Prometheus recorder without a listener, returning the handle
 /// that renders the text exposition (for serving `/metrics` from your own router).
-/// Needs no runtime. Histogram samples gather until the next
-/// [`render`](PrometheusHandle::render) or [`run_upkeep`](PrometheusHandle::run_upkeep).
+/// Needs no runtime: a thread of its own (`palisade-metrics-upkeep`) runs the
+/// upkeep every [`UPKEEP_INTERVAL`], so histogram samples do not pile up in memory
+/// while nothing scrapes.
 pub fn install_recorder() -> Result<PrometheusHandle, InstallError> {
     let recorder = builder()?.build_recorder();
     let inner = recorder.handle();
     let sharded = ShardedRecorder::new(recorder);
     let shards = Arc::clone(sharded.shards());
     metrics::set_global_recorder(sharded).map_err(|_| InstallError::AlreadyInstalled)?;
-    Ok(PrometheusHandle { inner, shards })
+    let handle = PrometheusHandle { inner, shards };
+    if let Err(e) = spawn_upkeep(handle.clone(), UPKEEP_INTERVAL) {
+        // The recorder is installed and works; only the periodic upkeep is missing,
+        // and each render still does it.
+        tracing::warn!(
+            error = %e,
+            "starting the metrics upkeep thread failed: histogram samples gather until each /metrics render"
+        );
+    }
+    Ok(handle)
+}
+
+/// Runs `handle`'s upkeep every `every` on a thread of its own, for the rest of the
+/// process (the recorder it keeps is global). A maintenance job on wall-clock time,
+/// outside any runtime, so it sleeps the thread.
+fn spawn_upkeep(handle: PrometheusHandle, every: Duration) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("palisade-metrics-upkeep".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                handle.run_upkeep();
+            }
+        })?;
+    Ok(())
 }
 
 async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
@@ -207,4 +227,52 @@ fn respond(handle: &PrometheusHandle, req: &Request<Incoming>) -> Response<Full<
         _ => {}
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics::{Key, Metadata, Recorder};
+
+    /// A handle over a recorder of its own (not the global one).
+    fn local_recorder() -> (
+        ShardedRecorder<metrics_exporter_prometheus::PrometheusRecorder>,
+        PrometheusHandle,
+    ) {
+        let recorder = builder().expect("buckets are valid").build_recorder();
+        let inner = recorder.handle();
+        let sharded = ShardedRecorder::new(recorder);
+        let shards = Arc::clone(sharded.shards());
+        (sharded, PrometheusHandle { inner, shards })
+    }
+
+    #[test]
+    fn the_upkeep_thread_drains_histogram_samples_without_a_scrape() {
+        let (recorder, handle) = local_recorder();
+        let meta = Metadata::new("t", metrics::Level::INFO, None);
+        let histogram =
+            recorder.register_histogram(&Key::from_name("call_duration_seconds"), &meta);
+        for _ in 0..1000 {
+            histogram.record(0.002);
+        }
+        assert_eq!(handle.shards.held_samples(), 1000);
+
+        spawn_upkeep(handle.clone(), Duration::from_millis(10)).expect("thread starts");
+        // Bounded wait on wall-clock time: the thread sleeps 10 ms between runs.
+        let mut waited = 0;
+        while handle.shards.held_samples() > 0 && waited < 500 {
+            std::thread::sleep(Duration::from_millis(10));
+            waited += 1;
+        }
+        assert_eq!(
+            handle.shards.held_samples(),
+            0,
+            "the upkeep thread never ran"
+        );
+        let text = handle.render();
+        assert!(
+            text.contains("call_duration_seconds_count 1000"),
+            "every sample reached the exporter: {text}"
+        );
+    }
 }

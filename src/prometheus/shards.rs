@@ -247,6 +247,9 @@ pub(crate) struct Shards {
     counters: SeriesMap<ShardedCounter>,
     gauges: SeriesMap<ShardedGauge>,
     histograms: SeriesMap<ShardedHistogram>,
+    /// Held by a render or an upkeep, so that neither sees the other's values in
+    /// transit.
+    maintenance: Mutex<()>,
 }
 
 impl std::fmt::Debug for Shards {
@@ -256,6 +259,11 @@ impl std::fmt::Debug for Shards {
 }
 
 impl Shards {
+    /// Waits for any render or upkeep running, and keeps others out until dropped.
+    pub(crate) fn maintenance(&self) -> MutexGuard<'_, ()> {
+        lock(&self.maintenance)
+    }
+
     /// Folds every slot into the exporter's storage.
     pub(crate) fn flush(&self) {
         for c in self.counters.all() {
@@ -267,6 +275,17 @@ impl Shards {
         for h in self.histograms.all() {
             h.flush();
         }
+    }
+
+    /// The histogram samples waiting in the slots.
+    #[cfg(test)]
+    pub(crate) fn held_samples(&self) -> usize {
+        self.histograms
+            .all()
+            .iter()
+            .flat_map(|h| h.slots.iter())
+            .map(|slot| slot.data().len())
+            .sum()
     }
 }
 
