@@ -183,8 +183,9 @@ where
         };
         let classify = self.classify.clone();
         let shared = self.shared.pick();
-        // Each arm builds the future in one expression around the inner call, so
-        // the inner future is written where it stays rather than copied up.
+        // Each arm builds the future in one expression around the inner call,
+        // which lets the compiler write the inner future where it stays rather
+        // than copy it up.
         match (total, start) {
             (Some(total), Some(now)) => {
                 let own = now

@@ -103,8 +103,9 @@ pub enum InstallError {
 
 /// Installs a global Prometheus recorder, with Palisade's histogram buckets, and
 /// serves `GET /metrics` over HTTP/1 on `listen` (other paths answer 404). Needs a
-/// running tokio runtime with time enabled; the server and a periodic upkeep run as
-/// tasks on it for as long as it runs.
+/// running tokio runtime with time enabled: the server runs as a task on it for as
+/// long as it runs. The upkeep runs on a thread of its own, as with
+/// [`install_recorder`].
 pub fn install(listen: SocketAddr) -> Result<PrometheusHandle, InstallError> {
     let runtime =
         tokio::runtime::Handle::try_current().map_err(|_| InstallError::NoRuntime(listen))?;
@@ -158,7 +159,11 @@ fn spawn_upkeep(handle: PrometheusHandle, every: Duration) -> std::io::Result<()
         .spawn(move || {
             loop {
                 std::thread::sleep(every);
-                handle.run_upkeep();
+                let upkeep = std::panic::AssertUnwindSafe(|| handle.run_upkeep());
+                if std::panic::catch_unwind(upkeep).is_err() {
+                    // Keep going: the next run folds what this one left.
+                    tracing::error!("the metrics upkeep panicked; it runs again in {every:?}");
+                }
             }
         })?;
     Ok(())

@@ -43,7 +43,7 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 
 impl<F, C> ResponseFuture<F, C> {
     #[inline(always)]
-    /// `call` runs last, so its future is written in place.
+    /// `call` runs last, which lets the compiler write its future in place.
     pub(crate) fn called(
         shared: Arc<Lane>,
         classify: C,

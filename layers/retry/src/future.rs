@@ -69,7 +69,7 @@ where
     S: Service<Req>,
 {
     #[inline(always)]
-    /// `call` runs last, so its future is written in place.
+    /// `call` runs last, which lets the compiler write its future in place.
     pub(crate) fn new(
         replay: Option<Req>,
         core: Arc<Lane<Core<Shared, S>>>,

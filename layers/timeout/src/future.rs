@@ -60,7 +60,7 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
 
 impl<F> ResponseFuture<F> {
     #[inline(always)]
-    /// `call` runs last, so its future is written in place.
+    /// `call` runs last, which lets the compiler write its future in place.
     pub(crate) fn running(
         until: Instant,
         expiry: Expiry,

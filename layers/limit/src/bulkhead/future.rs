@@ -36,7 +36,7 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
 
 impl<F> ResponseFuture<F> {
     #[inline(always)]
-    /// `call` runs last, so its future is written in place.
+    /// `call` runs last, which lets the compiler write its future in place.
     pub(crate) fn called(permit: Permit, call: impl FnOnce() -> F) -> Self {
         Self {
             kind: Kind::Called {
