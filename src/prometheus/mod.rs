@@ -139,7 +139,13 @@ pub fn install_recorder() -> Result<PrometheusHandle, InstallError> {
     let shards = Arc::clone(sharded.shards());
     metrics::set_global_recorder(sharded).map_err(|_| InstallError::AlreadyInstalled)?;
     let handle = PrometheusHandle { inner, shards };
-    if let Err(e) = spawn_upkeep(handle.clone(), UPKEEP_INTERVAL) {
+    let every = UPKEEP_INTERVAL;
+    // A maintenance job on wall-clock time, outside any runtime: it sleeps its thread.
+    let wait = move || {
+        std::thread::sleep(every);
+        true
+    };
+    if let Err(e) = spawn_upkeep(handle.clone(), wait) {
         // The recorder is installed and works; only the periodic upkeep is missing,
         // and each render still does it.
         tracing::warn!(
@@ -150,19 +156,21 @@ pub fn install_recorder() -> Result<PrometheusHandle, InstallError> {
     Ok(handle)
 }
 
-/// Runs `handle`'s upkeep every `every` on a thread of its own, for the rest of the
-/// process (the recorder it keeps is global). A maintenance job on wall-clock time,
-/// outside any runtime, so it sleeps the thread.
-fn spawn_upkeep(handle: PrometheusHandle, every: Duration) -> std::io::Result<()> {
+/// Runs `handle`'s upkeep on a thread of its own each time `wait` returns `true`,
+/// until it returns `false` (the installed recorder's never does: the recorder is
+/// global, so its upkeep runs for the rest of the process).
+fn spawn_upkeep(
+    handle: PrometheusHandle,
+    mut wait: impl FnMut() -> bool + Send + 'static,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("palisade-metrics-upkeep".to_owned())
         .spawn(move || {
-            loop {
-                std::thread::sleep(every);
+            while wait() {
                 let upkeep = std::panic::AssertUnwindSafe(|| handle.run_upkeep());
                 if std::panic::catch_unwind(upkeep).is_err() {
                     // Keep going: the next run folds what this one left.
-                    tracing::error!("the metrics upkeep panicked; it runs again in {every:?}");
+                    tracing::error!("the metrics upkeep panicked; it runs again at its next turn");
                 }
             }
         })?;
@@ -262,18 +270,32 @@ mod tests {
         }
         assert_eq!(handle.shards.held_samples(), 1000);
 
-        spawn_upkeep(handle.clone(), Duration::from_millis(10)).expect("thread starts");
-        // Bounded wait on wall-clock time: the thread sleeps 10 ms between runs.
-        let mut waited = 0;
-        while handle.shards.held_samples() > 0 && waited < 500 {
-            std::thread::sleep(Duration::from_millis(10));
-            waited += 1;
-        }
+        // The test is the thread's clock: each tick is one upkeep, and the thread
+        // says when it is back waiting (so the upkeep before it has finished).
+        let (tick, ticks) = std::sync::mpsc::channel::<()>();
+        let (waiting, waits) = std::sync::mpsc::channel::<()>();
+        let wait = move || {
+            let _ = waiting.send(());
+            ticks.recv().is_ok()
+        };
+        spawn_upkeep(handle.clone(), wait).expect("thread starts");
+        waits.recv().expect("the thread waits for its first turn");
+        assert_eq!(
+            handle.shards.held_samples(),
+            1000,
+            "no upkeep before a turn"
+        );
+
+        tick.send(()).expect("the thread is waiting");
+        waits
+            .recv()
+            .expect("the thread ran its upkeep and waits again");
         assert_eq!(
             handle.shards.held_samples(),
             0,
-            "the upkeep thread never ran"
+            "the upkeep drained the slots"
         );
+        drop(tick); // the thread ends
         let text = handle.render();
         assert!(
             text.contains("call_duration_seconds_count 1000"),
