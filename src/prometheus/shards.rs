@@ -12,7 +12,7 @@
 //! (2 KiB per series at 16 lanes), and one sample block per lane per histogram.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crossbeam_utils::CachePadded;
@@ -93,12 +93,17 @@ impl CounterFn for ShardedCounter {
 }
 
 /// A gauge whose increments and decrements land in this thread's slot (as an `f64`
-/// delta). `set` takes the gauge's fold lock and folds the slots first, so the value
-/// set counts after every delta made before it, and the deltas made after it are
-/// folded on top.
+/// delta). Once the gauge has had a delta, `set` takes its fold lock and folds the
+/// slots first, so the value set counts after every delta made before it, and the
+/// deltas made after it are folded on top.
 struct ShardedGauge {
     inner: Gauge,
     slots: Slots<AtomicU64>,
+    /// Set at the first increment or decrement: until then the slots hold nothing
+    /// a set must come after, and a set goes straight to `inner` without the lock
+    /// (gauges that are only ever set, such as a breaker's failure rate, are set on
+    /// the call path).
+    has_deltas: AtomicBool,
     /// Orders folds and sets.
     fold: Mutex<()>,
 }
@@ -126,8 +131,11 @@ impl ShardedGauge {
 
     #[inline]
     fn add(&self, delta: f64) {
-        // Only this thread's lane writes here, apart from a fold's swap: the
-        // update loop rarely runs twice.
+        if !self.has_deltas.load(Ordering::Relaxed) {
+            self.has_deltas.store(true, Ordering::Relaxed);
+        }
+        // Few threads share a lane, and a fold's swap is rare: the update loop
+        // rarely runs twice.
         let _ = self
             .slots
             .local()
@@ -149,6 +157,12 @@ impl GaugeFn for ShardedGauge {
     }
 
     fn set(&self, value: f64) {
+        if !self.has_deltas.load(Ordering::Relaxed) {
+            // No delta was made before this set (one made at the same time may
+            // count before or after it, as with any concurrent update).
+            self.inner.set(value);
+            return;
+        }
         let _fold = lock(&self.fold);
         self.fold_locked();
         self.inner.set(value);
@@ -336,6 +350,7 @@ impl<R: Recorder> Recorder for ShardedRecorder<R> {
         Gauge::from_arc(self.shards.gauges.get_or_insert(key, || ShardedGauge {
             inner: self.inner.register_gauge(key, metadata),
             slots: Slots::new(self.width, || AtomicU64::new(0f64.to_bits())),
+            has_deltas: AtomicBool::new(false),
             fold: Mutex::new(()),
         }))
     }
@@ -479,6 +494,24 @@ mod tests {
         gauge.increment(1.0);
         recorder.shards().flush();
         assert_eq!(values(&snapshotter)["g"], DebugValue::Gauge(3.0.into()));
+    }
+
+    #[test]
+    fn sets_before_and_after_the_first_delta_keep_their_order() {
+        let debugging = DebuggingRecorder::new();
+        let snapshotter = debugging.snapshotter();
+        let recorder = ShardedRecorder::new(debugging);
+        let meta = Metadata::new("t", metrics::Level::INFO, None);
+        let gauge = recorder.register_gauge(&Key::from_name("g"), &meta);
+        gauge.set(0.25);
+        // No flush: the set reached the inner gauge at once.
+        assert_eq!(values(&snapshotter)["g"], DebugValue::Gauge(0.25.into()));
+        // After a delta, sets order after the deltas before them again.
+        gauge.increment(1.0);
+        gauge.set(4.0);
+        gauge.increment(2.0);
+        recorder.shards().flush();
+        assert_eq!(values(&snapshotter)["g"], DebugValue::Gauge(6.0.into()));
     }
 
     #[test]
