@@ -359,6 +359,11 @@ fn route(
         });
         let after = target.tally();
         let requests = after.requests - before.requests;
+        if requests == 0 {
+            // Not run (filtered out, or the benchmarks were only listed): nothing
+            // to report, and a list must hold only the benchmarks' names.
+            continue;
+        }
         let per_request = |n: u64| n as f64 / requests.max(1) as f64;
         let calls: Vec<String> = CALLEES
             .iter()
