@@ -50,10 +50,10 @@
 #![forbid(unsafe_code)]
 
 mod backoff;
-mod budget;
+pub mod budget;
 mod config;
 mod future;
-mod hedge;
+pub mod hedge;
 pub mod hop;
 #[cfg(feature = "http")]
 pub mod http;
@@ -61,7 +61,7 @@ mod layer;
 pub mod metrics;
 mod protocol;
 #[cfg(feature = "http")]
-mod replay;
+pub mod replay;
 mod service;
 
 pub use backoff::{Backoff, Strategy};
