@@ -1,9 +1,24 @@
 //! Palisade: resilience for tower services.
 //!
 //! Composable tower layers that keep a service standing when the services it calls
-//! fail — starting with a circuit breaker — all speaking one vocabulary
-//! ([`core`]): how a call's result is classified, how Palisade says "no"
-//! ([`Rejection`]), and how every layer reports to Prometheus.
+//! fail, all speaking one vocabulary ([`core`]): how a call's result is classified,
+//! how Palisade says "no" ([`Rejection`]), and how every layer reports to Prometheus.
+//!
+//! - [`Downstream`] assembles one dependency's policies in the canonical order
+//!   (deadline, fallback and cache, retry with hedging and a budget, breaker, rate
+//!   limit, bulkhead or adaptive limit, per-try timeout, balancer) as one
+//!   `tower::Layer` whose layers cooperate; [`Inbound`] (feature `http`) is the
+//!   server side: keyed rate limit, load shedding, deadline extraction, refusals
+//!   answered with `429`/`503` and `Retry-After`.
+//! - [`Config`] reads the same policies from TOML or YAML (with environment
+//!   overrides), names the field of every error, and reloads a watched file
+//!   without dropping calls in flight.
+//! - [`metrics`] (feature `prometheus`) installs the Prometheus recorder and serves
+//!   `/metrics`; its page lists every series.
+//! - Each policy is also a layer of its own: [`breaker`], [`retry`], [`timeout`],
+//!   [`limit`], [`balance`], [`fallback`], and [`fault`] for injecting failures.
+//!
+//! One layer on its own, a circuit breaker:
 //!
 //! ```
 //! use palisade::prelude::*;

@@ -8,8 +8,8 @@
 //!   ```text
 //!   client metrics → downstream front (deadline) → stale-if-error cache (GET,
 //!     catalog and customer) → retry (HTTP rules, budget) → circuit breaker
-//!     → bulkhead (order, payment) → outbound deadline → per-try timeout
-//!     → balancer → hyper
+//!     → bulkhead (order, payment), or adaptive limit and throttling (shipment)
+//!     → outbound deadline → per-try timeout → balancer → hyper
 //!   ```
 //! - [`Mode::Plain`]: client metrics → round-robin over the discovered replicas →
 //!   hyper: no timeout, no retry, no breaker, no ejection — what a service without

@@ -15,7 +15,8 @@
 //! - [`CoalesceLayer`] lets concurrent identical requests share one call.
 //!
 //! Requests are keyed by a [`KeyOf`] function (a closure through [`key_fn`], or for
-//! HTTP [`HttpKey`]: method, path, query and chosen headers, `GET`/`HEAD` only);
+//! HTTP [`HttpKey`]: method, scheme and authority when present, path, query and
+//! chosen headers, for `GET`/`HEAD` by default);
 //! requests without a key pass through untouched. Responses are kept and shared by
 //! a [`StoreOf`] ([`CloneStore`] for `Clone` responses, [`HttpStore`] which buffers
 //! HTTP bodies up to a bound).
