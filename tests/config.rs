@@ -579,6 +579,14 @@ fn every_validation_error_names_file_field_and_problem() {
             "[downstreams.customer.retry]\nbackoff = { base = \"1s\", max = \"10ms\" }\n",
             "palisade.toml: downstreams.customer.retry.backoff.max: 10ms is shorter than backoff.base (1s)",
         ),
+        (
+            "[downstreams.customer.retry]\nbackoff = { strategy = \"constant\", base = \"18446744073709551615s\", max = \"18446744073709551615s\" }\n",
+            "palisade.toml: downstreams.customer.retry.backoff.max: 18446744073709551615s is longer than a day",
+        ),
+        (
+            "[downstreams.customer.retry]\nmax_retry_after = \"2days\"\n",
+            "palisade.toml: downstreams.customer.retry.max_retry_after: 172800s is longer than a day",
+        ),
         // hedge
         (
             "[downstreams.customer.hedge]\nmax_hedges = 0\n",
@@ -591,6 +599,14 @@ fn every_validation_error_names_file_field_and_problem() {
         (
             "[downstreams.customer.hedge]\ndelay = { kind = \"fixed\", after = \"0s\" }\n",
             "palisade.toml: downstreams.customer.hedge.delay: must be greater than zero",
+        ),
+        (
+            "[downstreams.customer.hedge]\ndelay = { kind = \"fixed\", after = \"2h\" }\n",
+            "palisade.toml: downstreams.customer.hedge.delay: 7200s is longer than an hour",
+        ),
+        (
+            "[downstreams.customer.hedge]\ndelay = { kind = \"percentile\", percentile = 0.9, min = \"2h\" }\n",
+            "palisade.toml: downstreams.customer.hedge.delay.min: 7200s is longer than an hour",
         ),
         // timeout and deadline
         (
@@ -605,6 +621,10 @@ fn every_validation_error_names_file_field_and_problem() {
         (
             "[downstreams.customer.rate_limit]\nrate = 0\n",
             "palisade.toml: downstreams.customer.rate_limit.rate: must be at least 1",
+        ),
+        (
+            "[downstreams.customer.rate_limit]\nrate = 1\nper = \"600y\"\n",
+            "palisade.toml: downstreams.customer.rate_limit.per: a burst of 1 at 1 per 18934560000s takes more than 100 years to refill",
         ),
         (
             "[downstreams.customer.bulkhead]\nmax_concurrent = 0\n",
@@ -724,6 +744,10 @@ fn every_validation_error_names_file_field_and_problem() {
         (
             "[inbound.rate_limit]\nlimit = { rate = 0 }\n",
             "palisade.toml: inbound.rate_limit.limit.rate: must be at least 1",
+        ),
+        (
+            "[inbound.rate_limit]\nlimit = { rate = 1, max_wait = \"2days\" }\n",
+            "palisade.toml: inbound.rate_limit.limit.max_wait: 172800s is longer than a day",
         ),
         (
             "[inbound.shed]\nmax_in_flight = 0\n",

@@ -117,12 +117,14 @@ type Limiter = governor::RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMi
 pub struct RateLimitConfig {
     /// Calls allowed per `per`. Default 100.
     pub rate: u32,
-    /// The period `rate` applies to. Default 1 s.
+    /// The period `rate` applies to. Default 1 s. A burst's worth of permits
+    /// (`burst` × `per` / `rate`) must refill within 100 years.
     #[serde(with = "humantime_serde")]
     pub per: Duration,
     /// The most calls let through at once after a quiet spell. Default: `rate`.
     pub burst: Option<u32>,
-    /// How long a call may wait for a permit; none = refuse at once. Default none.
+    /// How long a call may wait for a permit, at most a day; none = refuse at once.
+    /// Default none.
     #[serde(with = "humantime_serde")]
     pub max_wait: Option<Duration>,
 }
@@ -137,6 +139,12 @@ impl Default for RateLimitConfig {
         }
     }
 }
+
+/// The longest a burst's worth of permits may take to refill.
+const MAX_REFILL: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// The longest `max_wait`.
+const MAX_WAIT: Duration = Duration::from_secs(86_400);
 
 impl RateLimitConfig {
     /// Checks every field; the error names the first bad one.
@@ -157,6 +165,26 @@ impl RateLimitConfig {
             }
         };
         let interval = self.per / self.rate;
+        // The limiter counts in nanoseconds in a u64: a burst's worth of permits
+        // must refill within that (and a refill that takes a century is a typo).
+        let refill = interval.as_nanos().saturating_mul(u128::from(burst.get()));
+        if refill > MAX_REFILL.as_nanos() {
+            return Err(ConfigError::new(
+                if self.burst.is_some() { "burst" } else { "per" },
+                format!(
+                    "a burst of {} at {} per {:?} takes more than 100 years to refill",
+                    burst, self.rate, self.per
+                ),
+            ));
+        }
+        if let Some(max_wait) = self.max_wait
+            && max_wait > MAX_WAIT
+        {
+            return Err(ConfigError::new(
+                "max_wait",
+                format!("{max_wait:?} is longer than a day"),
+            ));
+        }
         let quota = Quota::with_period(interval).ok_or_else(|| {
             ConfigError::new(
                 "rate",
@@ -275,8 +303,13 @@ impl Shared {
         let Some(max_wait) = self.config.load().max_wait else {
             return false;
         };
-        let until = Instant::now() + wait;
-        if until > started + max_wait {
+        let Some(until) = Instant::now().checked_add(wait) else {
+            return false;
+        };
+        if started
+            .checked_add(max_wait)
+            .is_some_and(|latest| until > latest)
+        {
             return false;
         }
         Deadline::current().is_none_or(|d| until < d.instant())

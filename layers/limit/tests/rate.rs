@@ -238,6 +238,44 @@ async fn bad_settings_name_the_field() {
     );
     let e = RateLimitLayer::builder("bad name").build().unwrap_err();
     assert_eq!(e.field(), "name");
+    // Periods and bursts the limiter cannot count (its clock is a u64 of
+    // nanoseconds) are refused, not left to panic or wrap when it is built.
+    let years = |n: u64| Duration::from_secs(n * 365 * 86_400);
+    for (toml_text, message) in [
+        (
+            "rate = 1\nper = \"600y\"",
+            "per: a burst of 1 at 1 per 18934560000s takes more than 100 years to refill",
+        ),
+        (
+            "rate = 1\nper = \"1h\"\nburst = 10000000",
+            "burst: a burst of 10000000 at 1 per 3600s takes more than 100 years to refill",
+        ),
+        (
+            "rate = 1\nmax_wait = \"300000000000y\"",
+            "max_wait: 9467280000000000000s is longer than a day",
+        ),
+    ] {
+        let config: RateLimitConfig = toml::from_str(toml_text).unwrap();
+        assert_eq!(config.validate().unwrap_err().to_string(), message);
+        let e = RateLimitLayer::builder("t")
+            .config(config)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.to_string(), message);
+        let e = RateLimitLayer::builder("t")
+            .config(config)
+            .build_keyed(|x: &u32| *x, 10, Duration::from_secs(1))
+            .unwrap_err();
+        assert_eq!(e.to_string(), message);
+    }
+    // The longest settings that are allowed build.
+    let slow = RateLimitConfig {
+        rate: 1,
+        per: years(100),
+        burst: None,
+        max_wait: Some(Duration::from_secs(86_400)),
+    };
+    RateLimitLayer::builder("t").config(slow).build().unwrap();
     // From a file: the same checks.
     let zero: RateLimitConfig = toml::from_str("rate = 0").unwrap();
     let e = RateLimitLayer::builder("t")

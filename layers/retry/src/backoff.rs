@@ -45,7 +45,7 @@ pub struct Backoff {
     pub base: Duration,
     /// Growth per retry for the exponential strategies, `>= 1`. Default 2.
     pub multiplier: f64,
-    /// The longest delay. Default 2 s.
+    /// The longest delay, at most a day. Default 2 s.
     #[serde(with = "humantime_serde")]
     pub max: Duration,
 }

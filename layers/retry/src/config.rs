@@ -32,7 +32,7 @@ pub struct RetryConfig {
     /// The success-funded budget shared by every clone of the layer.
     pub budget: BudgetConfig,
     /// The longest `Retry-After` (or rejection hint) the layer waits out; a longer
-    /// one ends the call instead. Default: the backoff's `max`.
+    /// one ends the call instead; at most a day. Default: the backoff's `max`.
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Option<Duration>,
 }
@@ -47,6 +47,9 @@ impl Default for RetryConfig {
         }
     }
 }
+
+/// The longest backoff, and the longest `Retry-After` a retry may honour.
+const MAX_DELAY: Duration = Duration::from_secs(86_400);
 
 impl RetryConfig {
     /// Checks every field; the error names the first bad one.
@@ -74,6 +77,20 @@ impl RetryConfig {
             return Err(ConfigError::new(
                 "backoff.max",
                 format!("{:?} is shorter than backoff.base ({:?})", b.max, b.base),
+            ));
+        }
+        if b.max > MAX_DELAY {
+            return Err(ConfigError::new(
+                "backoff.max",
+                format!("{:?} is longer than a day", b.max),
+            ));
+        }
+        if let Some(max) = self.max_retry_after
+            && max > MAX_DELAY
+        {
+            return Err(ConfigError::new(
+                "max_retry_after",
+                format!("{max:?} is longer than a day"),
             ));
         }
         self.budget.validate()?;

@@ -38,6 +38,9 @@ use metrics::Counter;
 use palisade_core::lanes::{Lane, Lanes};
 use palisade_core::observe::MetricScope;
 use palisade_core::{AllErrorsFail, BoxError, Classify, ConfigError, Error, Name, Outcome};
+
+/// The longest hedge delay (fixed, or the floor of a percentile delay).
+const MAX_HEDGE_DELAY: Duration = Duration::from_secs(3600);
 use pin_project::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
@@ -50,14 +53,14 @@ use crate::service::Core;
 /// When to send a hedge.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum HedgeDelay {
-    /// A fixed time after the first attempt.
+    /// A fixed time after the first attempt, at most an hour.
     Fixed(Duration),
     /// The given percentile (e.g. 0.95) of the latencies this layer has observed,
     /// but at least `min`. Until 100 calls have been observed, no hedges are sent.
     Percentile {
         /// The percentile, `0 < p < 1`.
         percentile: f64,
-        /// The shortest delay.
+        /// The shortest delay, at most an hour.
         min: Duration,
     },
 }
@@ -315,7 +318,19 @@ impl<P, C> HedgeBuilder<P, C> {
             HedgeDelay::Fixed(d) if d.is_zero() => {
                 return Err(ConfigError::new("delay", "must be greater than zero"));
             }
+            HedgeDelay::Fixed(d) if d > MAX_HEDGE_DELAY => {
+                return Err(ConfigError::new(
+                    "delay",
+                    format!("{d:?} is longer than an hour"),
+                ));
+            }
             HedgeDelay::Fixed(_) => None,
+            HedgeDelay::Percentile { min, .. } if min > MAX_HEDGE_DELAY => {
+                return Err(ConfigError::new(
+                    "delay.min",
+                    format!("{min:?} is longer than an hour"),
+                ));
+            }
             HedgeDelay::Percentile { percentile, .. } => {
                 if !(percentile > 0.0 && percentile < 1.0) {
                     return Err(ConfigError::new(
@@ -571,8 +586,11 @@ where
                 Poll::Pending => this.hedges.push(fut),
             }
             if *this.hedges_left > 0 && this.replay.is_some() {
-                let next = Instant::now() + *this.delay;
-                if let Some(t) = this.timer.as_mut().as_pin_mut() {
+                // The delay is at most an hour (checked when built).
+                if let (Some(next), Some(t)) = (
+                    Instant::now().checked_add(*this.delay),
+                    this.timer.as_mut().as_pin_mut(),
+                ) {
                     t.reset(next);
                 }
             } else {

@@ -109,7 +109,9 @@ impl Shared {
         // Never sleep past the deadline: a retry that cannot start before it is
         // not made.
         if let Some(deadline) = Deadline::current()
-            && Instant::now() + delay >= deadline.instant()
+            && Instant::now()
+                .checked_add(delay)
+                .is_none_or(|at| at >= deadline.instant())
         {
             return give_up(GiveUp::Deadline);
         }
