@@ -149,7 +149,7 @@ impl Rejection {
     /// at least 1.
     pub fn retry_after_secs(&self) -> Option<u64> {
         self.retry_after.map(|d| {
-            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
             secs.max(1)
         })
     }
@@ -334,6 +334,20 @@ pub fn rejection_of<E: 'static>(err: &E) -> Option<&Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_seconds_round_up_and_saturate() {
+        let secs = |d| {
+            Rejection::new(RejectionKind::Shed)
+                .with_retry_after(d)
+                .retry_after_secs()
+        };
+        assert_eq!(secs(Duration::from_millis(1)), Some(1));
+        assert_eq!(secs(Duration::from_millis(1500)), Some(2));
+        assert_eq!(secs(Duration::from_secs(3)), Some(3));
+        // The longest hint a config can hold does not overflow the rounding.
+        assert_eq!(secs(Duration::MAX), Some(u64::MAX));
+    }
 
     #[test]
     fn flattens_nested_palisade_errors() {

@@ -90,9 +90,10 @@ impl Criticality {
     /// The in-flight count at which this class is shed, for a limit of `limit`.
     pub fn threshold(self, limit: usize) -> usize {
         match self {
-            Criticality::Sheddable => (limit * 4 / 5).max(1),
+            // Saturating: a limit near `usize::MAX` means "never shed".
+            Criticality::Sheddable => (limit.saturating_mul(4) / 5).max(1),
             Criticality::Default => limit.max(1),
-            Criticality::Critical => (limit * 5).div_ceil(4).max(1),
+            Criticality::Critical => limit.saturating_mul(5).div_ceil(4).max(1),
         }
     }
 }

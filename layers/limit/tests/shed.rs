@@ -44,6 +44,20 @@ fn holding(
     })
 }
 
+#[test]
+fn thresholds_follow_the_limit_and_saturate() {
+    use palisade_limit::shed::Criticality;
+    assert_eq!(Criticality::Sheddable.threshold(10), 8);
+    assert_eq!(Criticality::Default.threshold(10), 10);
+    assert_eq!(Criticality::Critical.threshold(10), 13);
+    // A limit as large as a config can hold means "never shed", not an overflow.
+    assert_eq!(Criticality::Sheddable.threshold(usize::MAX), usize::MAX / 5);
+    assert_eq!(
+        Criticality::Critical.threshold(usize::MAX),
+        usize::MAX.div_ceil(4)
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn classes_are_shed_at_their_thresholds() {
     let layer = LoadShedLayer::builder("api")
