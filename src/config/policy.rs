@@ -136,8 +136,9 @@ impl DeadlineConfig {
 
 // ---- balance ----------------------------------------------------------------------
 
-/// The most endpoints a static list or an etcd cluster list may name.
-pub const MAX_ENDPOINTS: usize = 1024;
+/// The most endpoints a static list or an etcd cluster list may name (the same
+/// bound a discovery source holds).
+pub use palisade_balance::discover::MAX_ENDPOINTS;
 
 /// Where a balancer learns its endpoints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -232,13 +232,33 @@ async fn a_file_is_followed_and_a_malformed_one_keeps_the_last_good_set() {
     );
     assert_eq!(m["palisade_discovery_stale{downstream=catalog}"], 1.0);
 
+    // More endpoints than a source holds: refused, the last good set stays.
+    let many: Vec<String> = (1..=1025).map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    std::fs::write(&path, format!("endpoints = [{}]", many.join(", "))).unwrap();
+    tick().await;
+    assert_eq!(addrs(&balance), vec![2, 3]);
+    assert_eq!(
+        read(&snapshotter)["palisade_discovery_errors_total{downstream=catalog,source=file}"],
+        2.0
+    );
+
+    // A file too large to be an endpoint list (a wrong path, a log) is not read
+    // into memory: refused, the last good set stays.
+    std::fs::write(&path, vec![b'#'; (1 << 20) + 1]).unwrap();
+    tick().await;
+    assert_eq!(addrs(&balance), vec![2, 3]);
+    assert_eq!(
+        read(&snapshotter)["palisade_discovery_errors_total{downstream=catalog,source=file}"],
+        3.0
+    );
+
     // The file disappears: still the last good set.
     std::fs::remove_file(&path).unwrap();
     tick().await;
     assert_eq!(addrs(&balance), vec![2, 3]);
     assert_eq!(
         read(&snapshotter)["palisade_discovery_errors_total{downstream=catalog,source=file}"],
-        2.0
+        4.0
     );
 
     // Fixed: the new set is served and the staleness clears.

@@ -154,6 +154,16 @@ impl Follower {
         self.metrics.confirmed();
     }
 
+    /// Keeps `key`'s address, unless that would hold more than
+    /// [`MAX_ENDPOINTS`](super::MAX_ENDPOINTS) keys.
+    fn insert(&mut self, key: String, addr: SocketAddr) {
+        if self.keys.len() >= super::MAX_ENDPOINTS && !self.keys.contains_key(&key) {
+            tracing::warn!(downstream = %self.name, key, limit = super::MAX_ENDPOINTS, "more endpoints under the etcd prefix than a source holds; key ignored");
+            return;
+        }
+        self.keys.insert(key, addr);
+    }
+
     fn parse(&self, key: &str, value: &[u8]) -> Option<SocketAddr> {
         let text = String::from_utf8_lossy(value);
         match text.trim().parse() {
@@ -180,7 +190,7 @@ impl Follower {
             for kv in resp.kvs() {
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
                 if let Some(addr) = self.parse(&key, kv.value()) {
-                    self.keys.insert(key, addr);
+                    self.insert(key, addr);
                 }
             }
             self.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -205,7 +215,7 @@ impl Follower {
                 match event.event_type() {
                     EventType::Put => {
                         if let Some(addr) = self.parse(&key, kv.value()) {
-                            self.keys.insert(key, addr);
+                            self.insert(key, addr);
                         }
                     }
                     EventType::Delete => {

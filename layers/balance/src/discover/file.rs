@@ -162,7 +162,7 @@ struct Follower {
 impl Follower {
     fn read(&mut self, tx: &watch::Sender<Arc<EndpointSet>>) {
         // Endpoint files are small; a plain read keeps the timing on tokio's clock.
-        let text = std::fs::read_to_string(&self.path);
+        let text = read_bounded(&self.path);
         match text {
             Err(e) => {
                 tracing::warn!(downstream = %self.name, path = %self.path.display(), error = %e, "cannot read endpoint file; keeping the endpoints known");
@@ -197,4 +197,24 @@ impl Follower {
             }
         }
     }
+}
+
+/// The largest endpoint file read: [`MAX_ENDPOINTS`](super::MAX_ENDPOINTS) lines of
+/// addresses fit many times over.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads the file as text, refusing one larger than [`MAX_FILE_BYTES`] (a wrong
+/// path such as a log or a device must not be read into memory whole).
+fn read_bounded(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "the file is larger than {MAX_FILE_BYTES} bytes"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }

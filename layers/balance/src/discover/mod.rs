@@ -82,6 +82,12 @@ pub enum DiscoveryError {
     /// A file or record could not be read as an endpoint list.
     #[error("malformed endpoint list: {0}")]
     Malformed(String),
+    /// A list names more endpoints than [`MAX_ENDPOINTS`].
+    #[error("endpoint {index}: more than {MAX_ENDPOINTS} endpoints")]
+    TooMany {
+        /// The position of the first entry over the limit, from 0.
+        index: usize,
+    },
     /// A source setting is refused.
     #[error("{field}: {problem}")]
     Config {
@@ -92,7 +98,13 @@ pub enum DiscoveryError {
     },
 }
 
-/// Checks a list of `ip:port` entries: none empty, each an address, none twice.
+/// The most endpoints one discovery source holds: a longer list (static, file) is
+/// refused, and etcd keys beyond it are ignored with a warning, so what a source
+/// reads cannot grow the balancer without bound.
+pub const MAX_ENDPOINTS: usize = 1024;
+
+/// Checks a list of `ip:port` entries: none empty, each an address, none twice, at
+/// most [`MAX_ENDPOINTS`].
 ///
 /// ```
 /// use palisade_balance::discover::{parse_endpoints, DiscoveryError};
@@ -105,6 +117,9 @@ pub enum DiscoveryError {
 ///     "endpoint 0: \"localhost\" is not an address (expected ip:port, e.g. 127.0.0.1:8080)");
 /// assert!(matches!(parse_endpoints(["127.0.0.1:1", "127.0.0.1:1"]),
 ///     Err(DiscoveryError::Duplicate { index: 1, .. })));
+/// let many: Vec<String> = (1..=1025).map(|port| format!("127.0.0.1:{port}")).collect();
+/// assert_eq!(parse_endpoints(&many).unwrap_err().to_string(),
+///     "endpoint 1024: more than 1024 endpoints");
 /// ```
 pub fn parse_endpoints<I, T>(entries: I) -> Result<EndpointSet, DiscoveryError>
 where
@@ -113,6 +128,9 @@ where
 {
     let mut set = EndpointSet::new();
     for (index, entry) in entries.into_iter().enumerate() {
+        if index == MAX_ENDPOINTS {
+            return Err(DiscoveryError::TooMany { index });
+        }
         let entry = entry.as_ref().trim();
         if entry.is_empty() {
             return Err(DiscoveryError::EmptyEntry { index });
