@@ -92,9 +92,10 @@ struct ServeArgs {
     /// Seeds the fault dice.
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// payment: payments processed at once.
-    #[arg(long, default_value_t = 2)]
-    payment_workers: usize,
+    /// payment: payments processed at once (1..=1024).
+    #[arg(long, default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    payment_workers: u16,
     /// payment: milliseconds per payment.
     #[arg(long, default_value_t = 40)]
     payment_time_ms: u64,
@@ -276,7 +277,7 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         "payment" => services::payment(
             services::holds_store(dir, "payment")?,
             PaymentCapacity::new(
-                args.payment_workers,
+                usize::from(args.payment_workers),
                 Duration::from_millis(args.payment_time_ms),
             ),
         ),

@@ -168,6 +168,25 @@ fn reserve_answer(r: Result<Reserve, store::StoreError>) -> Response {
     }
 }
 
+/// The largest amount (cents, or units of stock) one hold may take.
+pub const MAX_AMOUNT: i64 = 1_000_000_000_000;
+
+/// The answer refusing a hold whose amount is not within `0..=MAX_AMOUNT` (a
+/// negative one would credit the balance it is taken from).
+fn refuse_amount(field: &str, value: i64) -> Option<Response> {
+    if (0..=MAX_AMOUNT).contains(&value) {
+        None
+    } else {
+        Some(
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{field}: {value} is not within 0..={MAX_AMOUNT}\n"),
+            )
+                .into_response(),
+        )
+    }
+}
+
 fn release_answer(r: Result<(), store::StoreError>) -> Response {
     match r {
         Ok(()) => (
@@ -290,6 +309,9 @@ pub fn customer(db: Arc<Db>) -> Router {
             "/credit/reserve",
             post(
                 |State(db): State<Arc<Db>>, Json(h): Json<CreditHold>| async move {
+                    if let Some(refused) = refuse_amount("amount", h.amount) {
+                        return refused;
+                    }
                     reserve_answer(store::reserve(
                         &db,
                         &h.order_id,
@@ -318,6 +340,9 @@ pub fn inventory(db: Arc<Db>) -> Router {
             "/stock/reserve",
             post(
                 |State(db): State<Arc<Db>>, Json(h): Json<StockHold>| async move {
+                    if let Some(refused) = refuse_amount("qty", h.qty) {
+                        return refused;
+                    }
                     reserve_answer(store::reserve(&db, &h.order_id, h.sku, h.qty, true))
                 },
             ),
@@ -364,6 +389,9 @@ pub fn payment(db: Arc<Db>, capacity: PaymentCapacity) -> Router {
             "/payments",
             post(
                 |State((db, cap)): State<(Arc<Db>, PaymentCapacity)>, Json(c): Json<Charge>| async move {
+                    if let Some(refused) = refuse_amount("amount", c.amount) {
+                        return refused;
+                    }
                     let Ok(_worker) = cap.workers.acquire().await else {
                         return (StatusCode::SERVICE_UNAVAILABLE, "closing\n").into_response();
                     };

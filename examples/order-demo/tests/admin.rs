@@ -78,6 +78,39 @@ async fn admin_api_needs_the_token_and_names_a_bad_field() {
             .faults("inventory", 1)
             .is_some_and(|f| !f.is_active())
     );
+
+    // A negative hold would credit the balance it is taken from: refused, naming
+    // the field, and nothing is held.
+    let hold = |path: &str, addr: SocketAddr, body: serde_json::Value| {
+        let mut req = stack::post_json(path, &body, "neg").expect("a request");
+        *req.uri_mut() = format!("http://{addr}{path}").parse().expect("a uri");
+        req
+    };
+    let customer = system.servers("customer")[0].addr();
+    let inventory_ok = system.servers("inventory")[1].addr();
+    for (path, addr, body, field) in [
+        (
+            "/credit/reserve",
+            customer,
+            serde_json::json!({"order_id": "neg-1", "customer_id": 1, "amount": i64::MIN}),
+            "amount",
+        ),
+        (
+            "/stock/reserve",
+            inventory_ok,
+            serde_json::json!({"order_id": "neg-2", "sku": 1, "qty": -1}),
+            "qty",
+        ),
+    ] {
+        let res = stack::http_client()
+            .request(hold(path, addr, body))
+            .await
+            .expect("an answer");
+        assert_eq!(res.status(), 422, "{path}");
+        let body = res.into_body().collect().await.expect("a body").to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.starts_with(&format!("{field}: -")), "{body}");
+    }
     system.shutdown();
 }
 
