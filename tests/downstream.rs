@@ -300,6 +300,59 @@ async fn a_timed_out_try_is_retried_and_the_total_timeout_ends_the_call() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hedge_the_bulkhead_refuses_does_not_end_the_call() {
+    // The first attempt takes 200 ms and holds the only permit; the hedge due at
+    // 50 ms finds the bulkhead full and is refused without being sent.
+    let endpoint = Endpoint::new(|n| (Duration::from_millis(if n == 0 { 200 } else { 0 }), true));
+    let hedged = |queue: u32| {
+        Downstream::builder("hedge-full")
+            .hedge(HedgeDelay::Fixed(Duration::from_millis(50)), 1)
+            .bulkhead(BulkheadConfig {
+                max_concurrent: 1,
+                max_queue: queue,
+                max_wait: Duration::from_secs(10),
+            })
+            .build()
+            .unwrap()
+    };
+    let stack = hedged(0);
+    let mut svc = stack.layer(endpoint.clone());
+    let start = Instant::now();
+    assert_eq!(
+        svc.ready().await.unwrap().call("x").await.unwrap(),
+        0,
+        "the first attempt's answer, not the hedge's refusal"
+    );
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    assert_eq!(endpoint.calls(), 1, "the refused hedge was never sent");
+
+    // Negative control: without a hedge layer in the way, the same bulkhead
+    // refuses a second call at once (the refusal is real).
+    let stack = hedged(0);
+    let handle = stack.handle();
+    let svc = stack.layer(Endpoint::new(|_| (Duration::from_millis(200), true)));
+    let first = tokio::spawn(svc.clone().oneshot("x"));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.bulkhead().unwrap().in_flight(), 1);
+    let err = svc.clone().oneshot("y").await.unwrap_err();
+    assert_eq!(kind(&err), Some(RejectionKind::BulkheadFull));
+    first.await.unwrap().unwrap();
+
+    // With a queue: the hedge is not ready when due, so it is not sent, and its
+    // place in the queue goes at once rather than when the call ends.
+    let stack = hedged(1);
+    let handle = stack.handle();
+    let svc = stack.layer(Endpoint::new(|n| {
+        (Duration::from_millis(if n == 0 { 200 } else { 0 }), true)
+    }));
+    let call = tokio::spawn(svc.clone().oneshot("x"));
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let bulkhead = handle.bulkhead().unwrap();
+    assert_eq!((bulkhead.in_flight(), bulkhead.queued()), (1, 0));
+    assert_eq!(call.await.unwrap().unwrap(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_hung_attempt_gives_its_bulkhead_permit_back() {
     let endpoint = Endpoint::new(|n| {
         if n == 0 {

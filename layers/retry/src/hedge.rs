@@ -4,8 +4,11 @@
 //! After `delay` — fixed, or a latency percentile the layer observes — the layer
 //! sends up to `max_hedges` extra attempts of an eligible request (one the protocol
 //! can replay). The first successful (or ignored, e.g. 4xx) answer wins and the
-//! attempts still running are dropped, which cancels them. If every attempt fails,
-//! the last failure is returned. Each hedge withdraws from a retry budget — share a
+//! attempts still running are dropped, which cancels them. A hedge that a Palisade
+//! layer below refuses (a full bulkhead, a spent rate limit: it was never sent) does
+//! not win, and the attempts in flight go on; nor does a hedge whose service is not
+//! ready when it is due wait for it — it is not sent, and what its readiness held
+//! is let go at once. If every attempt fails, the last failure is returned. Each hedge withdraws from a retry budget — share a
 //! [`RetryLayer`](crate::RetryLayer)'s with [`HedgeBuilder::budget`] so retries and
 //! hedges together stay within one budget.
 //!
@@ -524,7 +527,7 @@ where
             if let Poll::Ready(result) = this.hedges[i].as_mut().poll(cx) {
                 drop(this.hedges.swap_remove(i));
                 if let Some(done) =
-                    settle(&this.core.shared, this.classify, result, this.last_failure)
+                    settle_hedge(&this.core.shared, this.classify, result, this.last_failure)
                 {
                     this.core.shared.won.increment(1);
                     // The primary was slower than this: record what it took so far.
@@ -556,7 +559,11 @@ where
             match service.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 // Not ready or broken: no hedge now; the attempts in flight decide.
+                // The service goes, with whatever its readiness holds (a queue
+                // place, a probe slot, a waiter's turn), rather than keep it until
+                // the call ends.
                 Poll::Pending | Poll::Ready(Err(_)) => {
+                    *this.service = None;
                     this.timer.set(None);
                     break;
                 }
@@ -569,6 +576,8 @@ where
                 this.replay.take()
             };
             let Some(req) = req else {
+                // Made ready for a call that will not come: let its capacity go.
+                *this.service = None;
                 this.timer.set(None);
                 break;
             };
@@ -577,7 +586,7 @@ where
             match fut.as_mut().poll(cx) {
                 Poll::Ready(result) => {
                     if let Some(done) =
-                        settle(&this.core.shared, this.classify, result, this.last_failure)
+                        settle_hedge(&this.core.shared, this.classify, result, this.last_failure)
                     {
                         this.core.shared.won.increment(1);
                         return Poll::Ready(done.map_err(Error::from_service));
@@ -610,6 +619,31 @@ where
         }
         Poll::Pending
     }
+}
+
+/// [`settle`] for a hedged attempt: one that a Palisade layer below refused
+/// (bulkhead full, rate limited, circuit open in half-open…) was never sent, and
+/// does not win over the attempts still running; it is kept aside as a failure,
+/// unless a real failure is already kept.
+fn settle_hedge<C, Res, E>(
+    shared: &HedgeShared,
+    classify: &C,
+    result: Result<Res, E>,
+    last_failure: &mut Option<Result<Res, E>>,
+) -> Option<Result<Res, E>>
+where
+    C: Classify<Res, E>,
+    E: 'static,
+{
+    if let Err(e) = &result
+        && palisade_core::rejection_of(e).is_some_and(|r| !r.kind().is_downstream_failure())
+    {
+        if last_failure.is_none() {
+            *last_failure = Some(result);
+        }
+        return None;
+    }
+    settle(shared, classify, result, last_failure)
 }
 
 /// Keeps a failed result aside (returning `None`), or returns a winning one.
