@@ -100,6 +100,7 @@ impl<S, L: Layer<S>> Layer<S> for Inbound<L> {
         Answer {
             inner: self.layers.layer(handler),
             metrics: self.metrics.clone(),
+            unready: None,
         }
     }
 }
@@ -378,10 +379,24 @@ impl<R: RateSlot, A: AdmissionSlot, D: DeadlineSlot> InboundBuilder<R, A, D> {
 
 /// The top of an [`Inbound`] stack: turns refusals into responses (`429`, `503`,
 /// `504` with `Retry-After`), handler errors into `500`, and records each request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Answer<S> {
     inner: S,
     metrics: Option<Lanes<FrontMetrics>>,
+    /// The error of the `poll_ready` that failed: the next request is answered
+    /// with it, without calling the stages below (they are not ready).
+    unready: Option<Error>,
+}
+
+impl<S: Clone> Clone for Answer<S> {
+    fn clone(&self) -> Self {
+        // A clone has not been made ready.
+        Self {
+            inner: self.inner.clone(),
+            metrics: self.metrics.clone(),
+            unready: None,
+        }
+    }
 }
 
 impl<S, B, ResB> Service<Request<B>> for Answer<S>
@@ -402,7 +417,9 @@ where
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Ready(Err(e)) => {
-                tracing::warn!(error = %Error::from_service(e), "inbound service failed to get ready");
+                let e = Error::from_service(e);
+                tracing::warn!(error = %e, "inbound service failed to get ready");
+                self.unready = Some(e);
                 Poll::Ready(Ok(()))
             }
         }
@@ -411,15 +428,25 @@ where
     #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let start = self.metrics.as_ref().map(|_| Instant::now());
+        let metrics = self.metrics.as_ref().map(Lanes::pick);
+        if let Some(unready) = self.unready.take() {
+            return AnswerFuture {
+                inner: None,
+                unready: Some(unready),
+                start,
+                metrics,
+            };
+        }
         let inner = match start {
             // Every stage below reads this one reading as its now while it is called.
             Some(at) => clock::lend(at, || self.inner.call(req)),
             None => self.inner.call(req),
         };
         AnswerFuture {
-            inner,
+            inner: Some(inner),
+            unready: None,
             start,
-            metrics: self.metrics.as_ref().map(Lanes::pick),
+            metrics,
         }
     }
 }
@@ -428,8 +455,11 @@ where
 #[pin_project]
 #[derive(Debug)]
 pub struct AnswerFuture<F> {
+    /// The stages' future; `None` when they failed to get ready.
     #[pin]
-    inner: F,
+    inner: Option<F>,
+    /// Why they failed to get ready.
+    unready: Option<Error>,
     start: Option<Instant>,
     metrics: Option<Arc<Lane<FrontMetrics>>>,
 }
@@ -444,9 +474,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = match this.inner.poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(r) => r,
+        let result = match (this.inner.as_pin_mut(), this.unready.take()) {
+            (Some(inner), _) => match inner.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r.map_err(Error::from_service),
+            },
+            (None, Some(unready)) => Err(unready),
+            (None, None) => Err(Error::Inner(
+                "palisade: inbound answer polled after it completed".into(),
+            )),
         };
         let (response, outcome) = match result {
             Ok(res) => {
@@ -459,7 +495,7 @@ where
                 };
                 (res, outcome)
             }
-            Err(e) => match Error::from_service(e) {
+            Err(e) => match e {
                 Error::Rejected(r) => (r.to_http_response(), CallOutcome::Rejected),
                 Error::Inner(e) => {
                     tracing::warn!(error = %e, "handler failed; answering 500");

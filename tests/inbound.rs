@@ -193,3 +193,66 @@ fn config_errors_name_the_policy_and_field() {
         .unwrap_err();
     assert_eq!(err.to_string(), "shed.max_in_flight: must be at least 1");
 }
+
+/// A handler whose first `poll_ready` fails (as a connection pool that lost its
+/// connections might), and that counts its calls.
+#[derive(Clone)]
+struct FailsReadyOnce {
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Service<Req> for FailsReadyOnce {
+    type Response = Res;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Res, std::io::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), std::io::Error>> {
+        use std::sync::atomic::Ordering;
+        if self.failed.swap(true, Ordering::SeqCst) {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Ready(Err(std::io::Error::other("pool lost its connections")))
+        }
+    }
+
+    fn call(&mut self, _: Req) -> Self::Future {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(Ok(http::Response::new("ok".into())))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_that_fails_to_get_ready_is_not_called_and_the_request_gets_500() {
+    let handler = FailsReadyOnce {
+        failed: Default::default(),
+        calls: Default::default(),
+    };
+    // Only stages that pass readiness through: nothing below remembers the error.
+    let inbound = Inbound::builder("ready")
+        .rate_limit_by(
+            RateLimitConfig {
+                rate: 100,
+                ..RateLimitConfig::default()
+            },
+            |req: &Req| req.headers().get("x-api-key").cloned(),
+        )
+        .deadline(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut svc = inbound.layer(handler.clone());
+    let res = svc.ready().await.unwrap().call(request("a")).await.unwrap();
+    assert_eq!(res.status(), 500);
+    assert_eq!(
+        handler.calls.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a handler that is not ready is not called"
+    );
+    // Ready again: the next request reaches it.
+    let res = svc.ready().await.unwrap().call(request("a")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(handler.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
