@@ -326,6 +326,26 @@ async fn a_hedge_added_later_spends_the_kept_retry_budget() {
     assert_eq!(updated.rebuilt[0].section, Section::Retry);
     assert!(!Arc::ptr_eq(live.handle().retry_budget().unwrap(), &budget));
     assert_eq!(svc.ready().await.unwrap().call(3).await.unwrap(), 3);
+
+    // The retry removed: the hedge is built anew with a budget of its own, as a
+    // fresh build of the same section has, not left spending the removed retry's
+    // budget that nothing refills any more.
+    let hedge_only = section("hedge = { max_hedges = 1 }");
+    let fresh = Downstream::builder("d")
+        .configured(&hedge_only)
+        .unwrap()
+        .build()
+        .unwrap();
+    assert!(
+        fresh.handle().retry_budget().is_some(),
+        "a fresh hedge's own budget"
+    );
+    let retry_budget = Arc::clone(live.handle().retry_budget().unwrap());
+    live.update(&hedge_only).unwrap();
+    let handle = live.handle();
+    let own = handle.retry_budget().expect("the hedge's own budget");
+    assert!(!Arc::ptr_eq(own, &retry_budget));
+    assert_eq!(svc.ready().await.unwrap().call(5).await.unwrap(), 5);
 }
 
 #[tokio::test(start_paused = true)]
@@ -364,15 +384,25 @@ async fn a_watched_file_drives_the_live_stack() {
         std::fs::rename(&tmp, &path).unwrap();
     };
     write("[downstreams.d]\ntimeout = \"1s\"\n");
-    let watcher = ConfigWatcher::builder(&path)
-        .interval(Duration::from_secs(1))
-        .loader(ConfigLoader::new().without_env())
-        .start()
-        .unwrap();
+    let recorder = palisade::prometheus::builder().unwrap().build_recorder();
+    let metrics = recorder.handle();
+    let refused = || {
+        let text = metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix("palisade_config_reload_errors_total "))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    let watcher = metrics::with_local_recorder(&recorder, || {
+        ConfigWatcher::builder(&path)
+            .interval(Duration::from_secs(1))
+            .loader(ConfigLoader::new().without_env())
+            .start()
+            .unwrap()
+    });
     let (mut svc, live) = Downstream::builder("d")
         .live(&watcher.current().downstreams["d"], Endpoint::default())
         .unwrap();
-    let follow = live.follow(watcher.subscribe());
+    let follow = metrics::with_local_recorder(&recorder, || live.follow(watcher.subscribe()));
 
     write(&format!("[downstreams.d]\ntimeout = \"1s\"\n{BREAKER}"));
     for _ in 0..3 {
@@ -389,6 +419,7 @@ async fn a_watched_file_drives_the_live_stack() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert!(live.handle().breaker().is_some());
+    assert_eq!(refused(), 1.0);
 
     // The breaker removed from the file: calls go through again.
     write("[downstreams.d]\ntimeout = \"1s\"\n");
@@ -407,6 +438,9 @@ async fn a_watched_file_drives_the_live_stack() {
     assert!(watcher.current().downstreams.contains_key("other"));
     assert_eq!(live.config(), running);
     assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 1);
+    // The watcher took the file; the stack did not follow it, and says so where an
+    // alert on refused reloads looks.
+    assert_eq!(refused(), 2.0);
 
     // The task ends with the watcher.
     drop(watcher);

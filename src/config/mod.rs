@@ -97,7 +97,7 @@
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
 //! | `palisade_config_reloads_total` | counter | – | changed config files loaded successfully |
-//! | `palisade_config_reload_errors_total` | counter | – | changed config files refused (unreadable, invalid) |
+//! | `palisade_config_reload_errors_total` | counter | – | changes refused: files unreadable or invalid, and changes a live downstream stack refused |
 //! | `palisade_config_last_reload_success_timestamp_seconds` | gauge | – | Unix time of the last successful load |
 //!
 //! # The example file
@@ -139,6 +139,7 @@ pub use policy::{
     BalanceConfig, CacheConfig, DeadlineConfig, DiscoveryConfig, FallbackConfig, FallbackOn,
     HedgeConfig, HedgeDelayConfig, LoadMetric, MAX_ENDPOINTS, OutlierConfig,
 };
+pub(crate) use watch::refused_by_a_stack;
 pub use watch::{ConfigWatcher, ReloadStatus, WatchBuilder};
 
 use check::quietly;

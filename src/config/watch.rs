@@ -101,8 +101,10 @@ impl WatchBuilder {
 ///   the running config stays.
 ///
 /// Write new versions atomically (write a temporary file, then rename it over the
-/// old one): a half-written file is refused like any invalid one, and the complete
-/// file is then loaded on the next poll.
+/// old one). A file edited in place can be read half-written: most such reads do
+/// not parse and are refused like any invalid file (the complete file loads on the
+/// next poll), but one cut between two sections parses, and is applied as if the
+/// sections after the cut had been removed, until the next poll reads the rest.
 ///
 /// Dropping the watcher stops the polling.
 ///
@@ -194,8 +196,8 @@ impl ReloadMetrics {
             "Changed config files loaded successfully."
         );
         metrics::describe_counter!(
-            "palisade_config_reload_errors_total",
-            "Changed config files refused: unreadable, missing or invalid."
+            RELOAD_ERRORS,
+            "Config changes refused: files unreadable, missing or invalid, and changes a live downstream stack refused."
         );
         metrics::describe_gauge!(
             "palisade_config_last_reload_success_timestamp_seconds",
@@ -203,7 +205,7 @@ impl ReloadMetrics {
             "Unix time of the last successful config load."
         );
         let reloads = metrics::counter!("palisade_config_reloads_total");
-        let errors = metrics::counter!("palisade_config_reload_errors_total");
+        let errors = metrics::counter!(RELOAD_ERRORS);
         // Registered at zero, so the series exist before the first event.
         reloads.increment(0);
         errors.increment(0);
@@ -306,4 +308,14 @@ impl Poller {
             s.last_error = Some(e);
         });
     }
+}
+
+/// The counter of refused config changes.
+const RELOAD_ERRORS: &str = "palisade_config_reload_errors_total";
+
+/// The counter of refused config changes, for a live downstream stack that counts
+/// the changes it refuses (the watcher accepted them; the stack kept running as it
+/// was). Registered with the recorder current where it is called.
+pub(crate) fn refused_by_a_stack() -> metrics::Counter {
+    metrics::counter!(RELOAD_ERRORS)
 }

@@ -13,9 +13,11 @@
 //! changed in a way its layer cannot take, a new stack is built in which every
 //! other policy keeps its layer and state (an open breaker stays open, a spent
 //! retry budget stays spent), and clones of the service move to it at their next
-//! `poll_ready`. Calls in flight finish on the stack they started on; so does a
-//! clone already waiting in the old stack's `poll_ready` (a bulkhead queue, a rate
-//! limit's wait) until that wait ends. A limiter built anew (a bulkhead changed
+//! `poll_ready`. Calls in flight finish on the stack they started on. A clone
+//! waiting in the old stack's `poll_ready` (a bulkhead queue, a rate limit's wait)
+//! gives up its place at its next wake-up and starts getting ready again on the new
+//! stack (a kept rate limiter's `max_wait` then counts from there). A retuned rate
+//! limiter starts afresh, with a full burst. A limiter built anew (a bulkhead changed
 //! beyond its size, an adaptive limit) starts empty while calls on the old one are
 //! still in flight; a removed policy's gauges keep their last value.
 //!
@@ -215,7 +217,12 @@ impl<P, C> Keep for HedgeLayer<P, C>
 where
     HedgeLayer<P, C>: Clone,
 {
-    fn keep<C2, P2>(&self, _: &mut BuildContext<'_, C2, P2>) {}
+    fn keep<C2, P2>(&self, cx: &mut BuildContext<'_, C2, P2>) {
+        // Without a retry, the budget hedges spend is the hedge's own.
+        cx.handle
+            .budget
+            .get_or_insert_with(|| Arc::clone(self.budget()));
+    }
 }
 
 impl<C: Clone> Keep for CircuitBreakerLayer<C> {
@@ -362,10 +369,16 @@ where
         let retry = keep.slot(Section::Retry, config.retry.clone().map(RetrySlot), |p| {
             &p.retry
         });
-        // The hedge spends the retry's budget: a new retry layer means a new hedge.
+        // The hedge spends the retry's budget: a new retry layer means a new hedge,
+        // and so does a retry removed (the hedge then needs a budget of its own,
+        // which its own successes fund). Without a retry before and after, the
+        // hedge has its own budget and can stay.
         let retry_kept = matches!(retry, Configured::Kept(_));
+        let retry_before = keep.old.is_some_and(|p| matches!(p.retry, Either::Left(_)));
         let hedge_keep = Keeping {
-            old: keep.old.filter(|_| retry_kept || config.retry.is_none()),
+            old: keep
+                .old
+                .filter(|_| retry_kept || (config.retry.is_none() && !retry_before)),
             rebuild: keep.rebuild,
         };
         let hedge = hedge_keep.slot(
@@ -582,7 +595,9 @@ impl LiveHandle {
     /// in a task on the current runtime: each new configuration's section for this
     /// downstream is applied with [`update`](Self::update), starting with the one
     /// current now. A configuration without the section, or one the stack refuses,
-    /// is logged and leaves the running stack as it is. The task ends when the
+    /// is logged, counted in `palisade_config_reload_errors_total` (registered with
+    /// the recorder current when `follow` is called) and leaves the running stack as
+    /// it is. The task ends when the
     /// sender is dropped; it keeps the stack's state alive until then (abort the
     /// returned handle to stop following sooner).
     pub fn follow(
@@ -590,6 +605,7 @@ impl LiveHandle {
         mut configs: tokio::sync::watch::Receiver<Arc<crate::Config>>,
     ) -> tokio::task::JoinHandle<()> {
         let handle = self.clone();
+        let refused = crate::config::refused_by_a_stack();
         tokio::spawn(async move {
             loop {
                 let config = Arc::clone(&configs.borrow_and_update());
@@ -606,16 +622,22 @@ impl LiveHandle {
                             );
                         }
                         Ok(_) => {}
-                        Err(e) => tracing::warn!(
-                            downstream = %name,
-                            error = %e.within(&format!("downstreams.{name}")),
-                            "new configuration refused; the running stack is kept"
-                        ),
+                        Err(e) => {
+                            tracing::warn!(
+                                downstream = %name,
+                                error = %e.within(&format!("downstreams.{name}")),
+                                "new configuration refused; the running stack is kept"
+                            );
+                            refused.increment(1);
+                        }
                     },
-                    None => tracing::warn!(
-                        downstream = %name,
-                        "the new configuration has no section for this downstream; the running stack is kept"
-                    ),
+                    None => {
+                        tracing::warn!(
+                            downstream = %name,
+                            "the new configuration has no section for this downstream; the running stack is kept"
+                        );
+                        refused.increment(1);
+                    }
                 }
                 if configs.changed().await.is_err() {
                     return;

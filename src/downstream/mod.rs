@@ -245,7 +245,8 @@ impl DownstreamHandle {
     pub fn throttle(&self) -> Option<&ThrottleHandle> {
         self.throttle.as_ref()
     }
-    /// The retry budget that retries and hedges spend, if retry is configured.
+    /// The retry budget that retries and hedges spend: the retry's, or with hedging
+    /// alone the hedge's own; `None` with neither.
     pub fn retry_budget(&self) -> Option<&Arc<RetryBudget>> {
         self.budget.as_ref()
     }
@@ -810,7 +811,7 @@ pub(crate) struct Parts<R, G, B, L, K, T, O> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
     /// Sections retuned in place, their layers' state kept (a breaker that is open
-    /// stays open).
+    /// stays open; a rate limiter starts afresh with a full burst).
     pub retuned: Vec<crate::config::Section>,
     /// Sections that changed but cannot be changed in a running stack (a policy
     /// added or removed, or one without runtime settings): build a new stack for them.
@@ -821,7 +822,8 @@ impl DownstreamHandle {
     /// Applies a configuration change from `old` to `new` to the running stack:
     /// breaker and rate limit settings, a bulkhead's `max_concurrent` and the
     /// per-try timeout are retuned in place, keeping their state (calls in flight
-    /// keep their timeout); every other change is reported in
+    /// keep their timeout) — except the rate limiter's permits: a retuned limiter
+    /// starts afresh, with a full burst; every other change is reported in
     /// [`Applied::needs_rebuild`]. Nothing is applied unless every retune is valid.
     pub fn apply(
         &self,

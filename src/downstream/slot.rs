@@ -87,7 +87,12 @@ impl<C: Clone, P: Clone> Slot<C, P> for HedgeSlot {
         if let Some(budget) = &cx.handle.budget {
             b = b.budget(Arc::clone(budget));
         }
-        b.build().map_err(|e| e.within("hedge"))
+        let layer = b.build().map_err(|e| e.within("hedge"))?;
+        // Without a retry, the budget hedges spend is the hedge's own.
+        cx.handle
+            .budget
+            .get_or_insert_with(|| Arc::clone(layer.budget()));
+        Ok(layer)
     }
 }
 

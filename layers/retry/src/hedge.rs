@@ -375,6 +375,14 @@ impl<P, C> HedgeBuilder<P, C> {
     }
 }
 
+impl<P, C> HedgeLayer<P, C> {
+    /// The budget each hedge withdraws from: the one given to
+    /// [`HedgeBuilder::budget`] (a retry layer's), or the layer's own.
+    pub fn budget(&self) -> &Arc<RetryBudget> {
+        &self.shared.budget
+    }
+}
+
 impl<S: Clone, P: Clone, C: Clone> Layer<S> for HedgeLayer<P, C> {
     type Service = Hedge<S, P, C>;
 
