@@ -350,6 +350,39 @@ async fn a_hedge_the_bulkhead_refuses_does_not_end_the_call() {
     let bulkhead = handle.bulkhead().unwrap();
     assert_eq!((bulkhead.in_flight(), bulkhead.queued()), (1, 0));
     assert_eq!(call.await.unwrap().unwrap(), 0);
+
+    // And a hedge that could not go out spent nothing from the retry budget it
+    // shares: five tokens, plus the one the success earns.
+    let stack = Downstream::builder("hedge-budget")
+        .retry(RetryConfig {
+            budget: BudgetConfig {
+                deposit_ratio: 1.0,
+                min_retries_per_sec: 0,
+                max_balance: 10,
+            },
+            ..retry3(Duration::from_millis(10))
+        })
+        .hedge(HedgeDelay::Fixed(Duration::from_millis(50)), 1)
+        .bulkhead(BulkheadConfig {
+            max_concurrent: 1,
+            max_queue: 1,
+            max_wait: Duration::from_secs(10),
+        })
+        .build()
+        .unwrap();
+    let budget = Arc::clone(stack.handle().retry_budget().unwrap());
+    for _ in 0..5 {
+        budget.deposit();
+    }
+    let svc = stack.layer(Endpoint::new(|n| {
+        (Duration::from_millis(if n == 0 { 200 } else { 0 }), true)
+    }));
+    assert_eq!(svc.oneshot("x").await.unwrap(), 0);
+    assert!(
+        (budget.balance() - 6.0).abs() < 1e-9,
+        "{}",
+        budget.balance()
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -557,24 +557,22 @@ where
             if timer.poll(cx).is_pending() {
                 break;
             }
-            let can_hedge = *this.hedges_left > 0 && this.replay.is_some();
-            if !can_hedge || !this.core.shared.budget.withdraw() {
+            if *this.hedges_left == 0 || this.replay.is_none() {
                 this.timer.set(None);
                 break;
             }
             let core = &this.core;
             let service = this.service.get_or_insert_with(|| Box::new(core.service()));
-            match service.poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                // Not ready or broken: no hedge now; the attempts in flight decide.
-                // The service goes, with whatever its readiness holds (a queue
-                // place, a probe slot, a waiter's turn), rather than keep it until
-                // the call ends.
-                Poll::Pending | Poll::Ready(Err(_)) => {
-                    *this.service = None;
-                    this.timer.set(None);
-                    break;
-                }
+            // Readiness first, so a hedge that cannot go out spends no budget.
+            let ready = matches!(service.poll_ready(cx), Poll::Ready(Ok(())));
+            // Not ready or broken, or no budget: no hedge now; the attempts in flight
+            // decide. The service goes, with whatever its readiness holds (a queue
+            // place, a probe slot, a waiter's turn), rather than keep it until the
+            // call ends.
+            if !ready || !this.core.shared.budget.withdraw() {
+                *this.service = None;
+                this.timer.set(None);
+                break;
             }
             *this.hedges_left -= 1;
             // Keep the copy for a further hedge while one may follow.
