@@ -461,6 +461,12 @@ impl Machine {
                 if verdict.outcome == Outcome::Ignored {
                     return (None, Rates::Unchanged);
                 }
+                if self.word.load(Ordering::Acquire) != word(State::Closed, generation) {
+                    // Admitted in an earlier closed period: the breaker has opened
+                    // (and maybe closed again, with a fresh window) since, and this
+                    // verdict says nothing about the period it would land in.
+                    return (None, Rates::Unchanged);
+                }
                 let recorded = self.window.record(early_now.unwrap_or(0), sample);
                 let consecutive = if failure {
                     self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1

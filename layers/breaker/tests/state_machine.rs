@@ -20,6 +20,8 @@ enum Step {
     Ignore,
     /// Succeeds after this long.
     SlowOk(Duration),
+    /// Fails after this long.
+    SlowFail(Duration),
     /// Waits for the notify, then succeeds.
     Wait(Arc<Notify>),
 }
@@ -42,6 +44,10 @@ async fn downstream(step: Step) -> Result<&'static str, std::io::Error> {
         Step::SlowOk(d) => {
             tokio::time::sleep(d).await;
             Ok("slow")
+        }
+        Step::SlowFail(d) => {
+            tokio::time::sleep(d).await;
+            Err(std::io::Error::other("slow boom"))
         }
         Step::Wait(n) => {
             n.notified().await;
@@ -212,6 +218,43 @@ async fn consecutive_failures_open_even_under_the_rate() {
     assert_eq!(h.state(), State::Closed, "a success breaks the run");
     run(&mut svc, &[F]).await;
     assert_eq!(h.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_admitted_before_it_opened_do_not_count_once_it_closes_again() {
+    let (mut svc, h) = make(
+        builder()
+            .count_window(100)
+            .minimum_calls(100)
+            .consecutive_failures(3)
+            .wait_in_open(Duration::from_secs(1))
+            .half_open_probes(1),
+    );
+    // Seven calls admitted while closed, each failing after 10 s.
+    let slow: Vec<_> = (0..7)
+        .map(|_| tokio::spawn(svc.clone().oneshot(Step::SlowFail(Duration::from_secs(10)))))
+        .collect();
+    tokio::task::yield_now().await;
+    // Three fast failures open it; a second later one probe closes it again.
+    run(&mut svc, &[F, F, F]).await;
+    assert_eq!(h.state(), State::Open);
+    advance(Duration::from_secs(1)).await;
+    run(&mut svc, &[S]).await;
+    assert_eq!(h.state(), State::Closed);
+    // The slow calls fail now: they belong to the closed period before it opened,
+    // and say nothing about the fresh one.
+    for call in slow {
+        assert!(call.await.unwrap().is_err());
+    }
+    assert_eq!(h.state(), State::Closed);
+    run(&mut svc, &[F]).await;
+    assert_eq!(
+        h.state(),
+        State::Closed,
+        "one fresh failure, not a run of eight"
+    );
+    run(&mut svc, &[F, F]).await;
+    assert_eq!(h.state(), State::Open, "three fresh failures are a run");
 }
 
 #[tokio::test(start_paused = true)]
