@@ -106,6 +106,15 @@ impl<S: Service<Req>, C, Req> PinnedDrop for ResponseFuture<S, C, Req> {
         // A call dropped before it answered still stops counting as pending.
         if let Some(call) = self.project().call.take() {
             call.endpoint.finish();
+            // It took at least this long (a per-try timeout above cut it off, or a
+            // hedge won elsewhere): the endpoint's peak-EWMA cost sees that, as
+            // tower's does, so a replica that stopped answering stops looking cheap.
+            // Not judged a failure: the caller ended it, not the endpoint.
+            let shared = &call.shared;
+            let now = shared.clock.now_nanos();
+            let _ =
+                call.endpoint
+                    .record(&shared.config, None, now.saturating_sub(call.started), now);
         }
     }
 }

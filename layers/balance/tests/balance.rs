@@ -462,3 +462,34 @@ async fn peak_ewma_prefers_the_fast_endpoint() {
     let slow = fleet.hits(addr(3)) as f64 / total as f64;
     assert!(slow < 0.1, "the 10× slower endpoint took {slow}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_that_stops_answering_stops_looking_cheap() {
+    // Peak-EWMA load over two endpoints, each call cut off after 100 ms (as a
+    // per-try timeout above the balancer does); one endpoint answers in 10 ms, the
+    // other never answers.
+    let fleet = Fleet::default();
+    let registry = Registry::new();
+    let _guards: Vec<_> = (1..=2).map(|p| registry.register("svc", addr(p))).collect();
+    let mut config = quiet();
+    config.load = LoadMetric::PeakEwma;
+    let mut balance = Balance::builder("svc")
+        .config(config)
+        .without_metrics()
+        .build(registry.watch("svc").unwrap(), fleet.maker())
+        .unwrap();
+    settle().await;
+    fleet.node(addr(1)).delay_ms.store(10, Ordering::SeqCst);
+    fleet.node(addr(2)).stuck.store(true, Ordering::SeqCst);
+    for _ in 0..40 {
+        let _ = tokio::time::timeout(Duration::from_millis(100), call(&mut balance)).await;
+    }
+    // A call cut off after 100 ms counts as a 100 ms answer in the stuck endpoint's
+    // cost (as in tower's peak-EWMA), so the balancer moves off it at once rather
+    // than keep sending it half the calls.
+    assert!(
+        fleet.hits(addr(2)) <= 2,
+        "the stuck endpoint got {} of 40 calls",
+        fleet.hits(addr(2))
+    );
+}
