@@ -98,7 +98,11 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         let protocol = &*self.setup.protocol;
-        let plan = match protocol.take_requested(&mut req, self.setup.header_faults) {
+        // Only requests the predicate chooses may get faults, from the header too;
+        // for the others the header is taken off and ignored, as when header faults
+        // are not allowed.
+        let chosen = self.setup.predicate.test(&req);
+        let plan = match protocol.take_requested(&mut req, self.setup.header_faults && chosen) {
             Some(Ok(asked)) => Plan {
                 delay: asked.delay,
                 action: match (asked.abort, asked.error) {
@@ -118,7 +122,7 @@ where
                 let Some(active) = active.as_deref() else {
                     return ResponseFuture::forward(None, self.inner.call(req));
                 };
-                let chosen = self.setup.predicate.test(&req)
+                let chosen = chosen
                     && active
                         .rule
                         .as_ref()

@@ -406,6 +406,30 @@ async fn header_faults_apply_when_allowed() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn header_faults_apply_only_to_requests_the_layer_matches() {
+    let backend = Backend::default();
+    let layer = FaultLayer::http("order")
+        .unwrap()
+        .matching(|req: &Request| req.uri().path() != "/health")
+        .allow_header_faults(true);
+    let mut svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(backend.service());
+    assert_eq!(
+        send(&mut svc, with_fault_header(get("/"), "error=503")).await,
+        (Seen::Status(503), Duration::ZERO)
+    );
+    // The health check is never faulted, whatever its header says; the header is
+    // taken off, not passed on to the next hop.
+    assert_eq!(
+        send(&mut svc, with_fault_header(get("/health"), "error=503")).await,
+        (Seen::Ok, Duration::ZERO)
+    );
+    assert_eq!(backend.calls(), 1);
+    assert_eq!(backend.saw_fault_header.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn injected_error_responses_are_marked() {
     let layer = FaultLayer::http("catalog")
         .unwrap()
