@@ -4,14 +4,14 @@
 #![cfg(feature = "dns")]
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, SRV};
+use hickory_proto::rr::rdata::{A, AAAA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use palisade_balance::Balance;
@@ -25,6 +25,7 @@ type SrvTable = HashMap<String, Vec<(u16, String)>>;
 #[derive(Clone, Default)]
 struct Zone {
     a: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>>,
+    aaaa: Arc<Mutex<HashMap<String, Vec<Ipv6Addr>>>>,
     srv: Arc<Mutex<SrvTable>>,
     down: Arc<AtomicBool>,
 }
@@ -70,6 +71,22 @@ impl Zone {
                                     q.name().clone(),
                                     0,
                                     RData::A(A(ip)),
+                                ));
+                            }
+                        }
+                        RecordType::AAAA => {
+                            for ip in self
+                                .aaaa
+                                .lock()
+                                .unwrap()
+                                .get(&name)
+                                .cloned()
+                                .unwrap_or_default()
+                            {
+                                reply.add_answer(Record::from_rdata(
+                                    q.name().clone(),
+                                    0,
+                                    RData::AAAA(AAAA(ip)),
                                 ));
                             }
                         }
@@ -196,6 +213,8 @@ async fn srv_records_give_each_target_its_port() {
         vec![
             (7001, "a.payment.test.".into()),
             (7002, "b.payment.test.".into()),
+            // Taken down before its SRV record: skipped, not a failed lookup.
+            (7003, "gone.payment.test.".into()),
         ],
     );
     zone.a
@@ -206,6 +225,11 @@ async fn srv_records_give_each_target_its_port() {
         .lock()
         .unwrap()
         .insert("b.payment.test.".into(), vec![Ipv4Addr::new(127, 0, 0, 22)]);
+    // A dual-stack target: both its addresses.
+    zone.aaaa
+        .lock()
+        .unwrap()
+        .insert("b.payment.test.".into(), vec![Ipv6Addr::LOCALHOST]);
     let server = zone.clone().serve().await;
     let source = DnsSource::builder("payment", DnsQuery::Srv("_http._tcp.payment.test.".into()))
         .nameservers(vec![server])
@@ -217,9 +241,20 @@ async fn srv_records_give_each_target_its_port() {
         .without_metrics()
         .build(source, make)
         .unwrap();
-    balance.wait_for_endpoints(2).await;
+    tokio::time::timeout(Duration::from_secs(5), balance.wait_for_endpoints(3))
+        .await
+        .expect("three endpoints within 5 s");
     let ip = |last: u8| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last));
-    assert_eq!(ports(&balance), vec![(ip(21), 7001), (ip(22), 7002)]);
+    let mut seen = ports(&balance);
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            (ip(21), 7001),
+            (ip(22), 7002),
+            (IpAddr::V6(Ipv6Addr::LOCALHOST), 7002)
+        ]
+    );
 }
 
 #[test]

@@ -2,7 +2,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{
+    LookupIpStrategy, NameServerConfigGroup, ResolverConfig, ResolverOpts,
+};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::{ResolveError, TokioResolver};
 use palisade_core::Name;
@@ -135,6 +137,9 @@ impl DnsBuilder {
         opts.cache_size = 0;
         opts.timeout = self.timeout;
         opts.attempts = 1;
+        // A and AAAA records both (the resolver's default asks for AAAA only when
+        // there is no A record, so a dual-stack host would give its IPv4 ones only).
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         let resolver = match &self.nameservers {
             Some(servers) => {
                 let ips: Vec<_> = servers.iter().map(|s| s.ip()).collect();
@@ -210,12 +215,27 @@ async fn resolve(
             for r in srv.as_lookup().records() {
                 ttl = ttl.min(r.ttl());
             }
+            // A target that does not resolve (a host taken down before its SRV
+            // record) is skipped; the lookup fails only if no target resolves.
+            let mut unresolved = None;
+            let mut resolved = false;
             for record in srv.iter() {
-                let ips = resolver.lookup_ip(record.target().clone()).await?;
-                for r in ips.as_lookup().records() {
-                    ttl = ttl.min(r.ttl());
+                match resolver.lookup_ip(record.target().clone()).await {
+                    Ok(ips) => {
+                        resolved = true;
+                        for r in ips.as_lookup().records() {
+                            ttl = ttl.min(r.ttl());
+                        }
+                        set.extend(ips.iter().map(|ip| SocketAddr::new(ip, record.port())));
+                    }
+                    Err(e) => {
+                        tracing::warn!(name = %name, target = %record.target(), error = %e, "SRV target does not resolve; skipped");
+                        unresolved = Some(e);
+                    }
                 }
-                set.extend(ips.iter().map(|ip| SocketAddr::new(ip, record.port())));
+            }
+            if let (false, Some(e)) = (resolved, unresolved) {
+                return Err(e);
             }
         }
     }
