@@ -218,11 +218,13 @@ fn decode(word: u64) -> (u64, u64) {
     (word >> COUNT_BITS, word & COUNT_MASK)
 }
 
-/// Whether rotation tag `a` is later than `b` (tags wrap at 16 bits; a window is
-/// never more than half the tag space behind).
-fn is_later(a: u64, b: u64) -> bool {
-    let d = a.wrapping_sub(b) & TAG_MASK;
-    d != 0 && d < 0x8000
+/// Whether tag `a` is the rotation right after `b` (across the 16-bit wrap): a
+/// bucket a concurrent recorder with a slightly later clock reading has already
+/// moved on. Any other tag that is not `b` is an older rotation, however long ago —
+/// after an idle stretch of half the tag range or more, a half-range comparison would
+/// take a stale bucket for a later one and freeze it.
+fn is_next(a: u64, b: u64) -> bool {
+    a == (b + 1) & TAG_MASK
 }
 
 /// Counts events over the last `buckets × bucket_nanos`, with a running total, so
@@ -234,7 +236,9 @@ fn is_later(a: u64, b: u64) -> bool {
 /// live buckets; between a bucket's change and the total's, a reader may see the
 /// total off by the events in flight. An event recorded with a clock reading older
 /// than the whole window is dropped (it is outside the window anyway) or, if its
-/// bucket was just emptied, may linger until that bucket rotates.
+/// bucket was just emptied, may linger until that bucket rotates; one whose reading
+/// is more than two windows old (a thread stalled that long between reading the
+/// clock and recording) takes its bucket for an older rotation and restarts it.
 #[derive(Debug)]
 struct SlidingCount {
     buckets: Box<[AtomicU64]>,
@@ -271,7 +275,7 @@ impl SlidingCount {
                     return;
                 }
                 (current + 1, 0)
-            } else if count != 0 && is_later(held_tag, tag) {
+            } else if count != 0 && is_next(held_tag, tag) {
                 // The bucket already holds a later rotation: this clock reading is
                 // older than the window.
                 return;
@@ -327,7 +331,7 @@ impl SlidingCount {
         let mut current = bucket.load(Ordering::Acquire);
         loop {
             let (held_tag, count) = decode(current);
-            if count == 0 || held_tag == tag || is_later(held_tag, tag) {
+            if count == 0 || held_tag == tag || is_next(held_tag, tag) {
                 return;
             }
             match bucket.compare_exchange_weak(current, 0, Ordering::AcqRel, Ordering::Acquire) {
@@ -1045,10 +1049,33 @@ mod tests {
 
     #[test]
     fn tags_compare_across_the_wrap() {
-        assert!(is_later(1, 0));
-        assert!(is_later(0, 0xFFFF));
-        assert!(!is_later(0, 1));
-        assert!(!is_later(5, 5));
+        assert!(is_next(1, 0));
+        assert!(is_next(0, 0xFFFF));
+        assert!(!is_next(0, 1));
+        assert!(!is_next(5, 5));
+        // Half the tag range or more ago is older, not later.
+        assert!(!is_next(0x8001, 1));
+    }
+
+    #[test]
+    fn a_window_left_idle_for_most_of_the_tag_range_counts_afresh() {
+        // Ten buckets of 100 ms: a rotation is one second.
+        let w = SlidingCount::new(10, 100_000_000);
+        let second = 1_000_000_000u64;
+        for i in 0..10 {
+            for _ in 0..10 {
+                w.add(i * 100_000_000);
+            }
+        }
+        assert_eq!(w.count(999_000_000), 100);
+        // Idle for 40,000 rotations (11 hours): every bucket is out of the window,
+        // and new events count from zero.
+        let later = 40_000 * second;
+        assert_eq!(w.count(later), 0);
+        for _ in 0..3 {
+            w.add(later);
+        }
+        assert_eq!(w.count(later), 3);
     }
 
     #[test]
