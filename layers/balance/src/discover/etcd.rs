@@ -224,7 +224,16 @@ impl Follower {
                 }
                 self.revision = self.revision.max(kv.mod_revision());
             }
-            if let Some(h) = resp.header() {
+            // The header's revision is the store's at the time of the reply. Only a
+            // progress notification (no events, not the reply that creates the
+            // watch) says every change up to it has been sent; the creating reply
+            // comes before the changes since our revision, and resuming from its
+            // revision after a dropped connection would skip them (a delete of an
+            // expired lease, and a dead endpoint kept).
+            if resp.events().is_empty()
+                && !resp.created()
+                && let Some(h) = resp.header()
+            {
                 self.revision = self.revision.max(h.revision());
             }
             self.publish(tx);
