@@ -191,8 +191,8 @@ async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
         let handle = handle.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = respond(&handle, &req);
-                async move { Ok::<_, Infallible>(response) }
+                let handle = handle.clone();
+                async move { Ok::<_, Infallible>(respond(handle, &req).await) }
             });
             // With a timer, a client that never sends its request headers is cut off
             // after hyper's header-read timeout.
@@ -207,7 +207,7 @@ async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
     }
 }
 
-fn respond(handle: &PrometheusHandle, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(handle: PrometheusHandle, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = if req.uri().path() != "/metrics" {
         (
             StatusCode::NOT_FOUND,
@@ -219,7 +219,19 @@ fn respond(handle: &PrometheusHandle, req: &Request<Incoming>) -> Response<Full<
             String::from("use GET or HEAD\n"),
         )
     } else {
-        (StatusCode::OK, handle.render())
+        // Rendering folds every series' slots and waits for an upkeep in progress:
+        // on a thread of the blocking pool, so a scrape never holds up the runtime's
+        // workers (the service's own calls).
+        match tokio::task::spawn_blocking(move || handle.render()).await {
+            Ok(text) => (StatusCode::OK, text),
+            Err(e) => {
+                tracing::error!(error = %e, "rendering /metrics failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    String::from("rendering the metrics failed\n"),
+                )
+            }
+        }
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
