@@ -4,11 +4,14 @@
 //! [`ChaosProxy`] listens on a loopback port and forwards every connection to an
 //! upstream address. Its [`ProxyConfig`], changeable at runtime, adds:
 //!
-//! - **latency** per direction (each chunk is held back that long, without cutting
-//!   throughput),
+//! - **latency** per direction (each chunk is held back that long; up to 32 chunks
+//!   of at most 16 KiB wait per direction, so with latency `L` a direction carries
+//!   at most 512 KiB per `L`),
 //! - **resets** mid-stream: a share of connections is reset (TCP RST) after a number
 //!   of bytes have gone to the client,
-//! - a **blackhole**: bytes are read and dropped, nothing is ever answered,
+//! - a **blackhole**: bytes are read and dropped, nothing is ever answered (new
+//!   connections are accepted and wait; when it lifts, every connection forwards
+//!   again),
 //! - a **bandwidth cap** per direction of each connection,
 //! - **refusal**: the listening socket is closed, so connects fail with
 //!   `ConnectionRefused`, and reopened on the same port when refusal ends.
@@ -480,14 +483,27 @@ impl Connection {
     async fn run(self, mut client: TcpStream, upstream: SocketAddr, blackholed: bool, _open: Open) {
         let _ = client.set_nodelay(true);
         if blackholed {
-            // Accepted, never forwarded: swallow whatever comes until the client goes.
+            // Accepted, not forwarded while the blackhole lasts: what the client
+            // sends is dropped, as on an open connection. When the blackhole lifts,
+            // the connection is forwarded like any other (it used to stay dead until
+            // the client gave up on it).
+            let mut config = self.config.clone();
             let mut buf = [0u8; 4096];
-            while let Ok(n) = client.read(&mut buf).await {
-                if n == 0 {
-                    break;
+            while config.borrow_and_update().blackhole {
+                tokio::select! {
+                    // A lifted blackhole is seen before the bytes sent after it.
+                    biased;
+                    changed = config.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    read = client.read(&mut buf) => match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    },
                 }
             }
-            return;
         }
         let mut server = match TcpStream::connect(upstream).await {
             Ok(s) => s,
@@ -562,7 +578,11 @@ impl Connection {
                 // Reset as soon as the upstream answers.
                 return match rx.recv().await {
                     Some(_) => Ended::Reset,
-                    None => Ended::Closed,
+                    None => {
+                        // The upstream closed without answering: pass the close on.
+                        let _ = to.shutdown().await;
+                        Ended::Closed
+                    }
                 };
             }
             while let Some((arrived, chunk)) = rx.recv().await {

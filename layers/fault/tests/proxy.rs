@@ -231,6 +231,27 @@ async fn a_blackhole_times_out_the_client() {
 
     proxy.update(|c| c.blackhole = false).unwrap();
     assert_eq!(&get(proxy.local_addr(), "/").await.unwrap()[..], b"hello");
+
+    // The connection accepted during the blackhole forwards again once it lifts
+    // (what was sent meanwhile was dropped).
+    raw.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = timeout(Duration::from_secs(5), async {
+        while !answer.ends_with(b"hello") {
+            let n = raw.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "answered: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
     proxy.shutdown().await;
 }
 
@@ -398,5 +419,35 @@ async fn refuses_bad_configs_naming_the_field() {
     assert_eq!(err.to_string(), "max_connections: must be more than zero");
     let err = serde_json::from_str::<ProxyConfig>(r#"{"latency":"1s"}"#).unwrap_err();
     assert!(err.to_string().contains("unknown field `latency`"), "{err}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_at_once_is_closed_on_the_client_under_an_immediate_reset() {
+    // An upstream that accepts and closes without a byte.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let proxy = ChaosProxy::start("127.0.0.1:0".parse().unwrap(), upstream)
+        .await
+        .unwrap();
+    proxy
+        .update(|c| {
+            c.reset = Some(ResetFault {
+                percent: 100.0,
+                after_bytes: 0,
+            })
+        })
+        .unwrap();
+    let mut raw = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    let mut buf = [0u8; 16];
+    // Nothing came from the upstream, so nothing is reset: the client sees the
+    // close (it used to wait for ever).
+    let read = timeout(Duration::from_secs(5), raw.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0))), "{read:?}");
     proxy.shutdown().await;
 }
