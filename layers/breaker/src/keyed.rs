@@ -128,13 +128,23 @@ impl<F, C> KeyedCircuitBreakerLayer<F, C> {
         capacity: usize,
         idle_timeout: Duration,
     ) -> Result<Self, ConfigError> {
-        let registry = KeyedRegistry::new(capacity, idle_timeout).map_err(|e| {
-            let field = match e {
-                palisade_core::keyed::RegistryError::ZeroCapacity => "keys.capacity",
-                palisade_core::keyed::RegistryError::ZeroIdleTimeout => "keys.idle_timeout",
-            };
-            ConfigError::new(field, e.to_string())
-        })?;
+        let registry = KeyedRegistry::new(capacity, idle_timeout)
+            .map_err(|e| {
+                let field = match e {
+                    palisade_core::keyed::RegistryError::ZeroCapacity => "keys.capacity",
+                    palisade_core::keyed::RegistryError::ZeroIdleTimeout => "keys.idle_timeout",
+                };
+                ConfigError::new(field, e.to_string())
+            })?
+            // A breaker that is not closed is kept however quiet its key: its
+            // callers are waiting out its Retry-After, and a fresh closed breaker
+            // in its place would send them all to the failing host at once.
+            .keep_while(|lane: &Arc<Lane>| {
+                matches!(
+                    lane.machine.state(),
+                    State::Open | State::HalfOpen | State::ForcedOpen
+                )
+            });
         Ok(Self {
             inner: Arc::new(KeyedInner {
                 name,

@@ -626,6 +626,7 @@ async fn bad_settings_are_refused_at_build_time() {
 async fn keyed_breakers_isolate_keys_and_stay_bounded() {
     let layer = CircuitBreakerLayer::builder("hosts")
         .consecutive_failures(2)
+        .wait_in_open(Duration::from_secs(300))
         .without_metrics()
         .build_keyed(
             |req: &(&'static str, bool)| req.0,
@@ -658,6 +659,13 @@ async fn keyed_breakers_isolate_keys_and_stay_bounded() {
         .unwrap();
     assert_eq!(layer.handle_for(&"bad").unwrap().state(), State::Open);
     assert_eq!(layer.handle_for(&"good").unwrap().state(), State::Closed);
+
+    // Quiet past the idle timeout (its callers wait out the Retry-After), the open
+    // breaker is kept, and still refuses; the idle closed one is forgotten.
+    advance(Duration::from_secs(61)).await;
+    assert_eq!(layer.sweep(), 1);
+    assert!(layer.handle_for(&"good").is_none());
+    assert_eq!(layer.handle_for(&"bad").unwrap().state(), State::Open);
 
     // A flood of distinct keys cannot grow the registry past its bound.
     let flood = CircuitBreakerLayer::builder("flood")

@@ -50,6 +50,9 @@ pub struct KeyedRegistry<K, V, S = RandomState> {
     clock: Clock,
     hasher: S,
     evictions: AtomicU64,
+    /// Entries for which this holds are not evicted for being idle (a full shard
+    /// still makes room with them, least recently used first).
+    busy: Option<fn(&V) -> bool>,
 }
 
 impl<K, V, S> std::fmt::Debug for KeyedRegistry<K, V, S> {
@@ -132,6 +135,7 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Clone> KeyedRegistry<K, V,
             clock: Clock::new(),
             hasher,
             evictions: AtomicU64::new(0),
+            busy: None,
         })
     }
 
@@ -226,15 +230,39 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Clone> KeyedRegistry<K, V,
             .map(|e| e.value.clone())
     }
 
+    /// Keeps entries for which `busy` holds through the idle timeout: an entry
+    /// that carries state its key still needs (an open circuit breaker whose
+    /// callers wait out its `Retry-After`) is not evicted for being quiet. The
+    /// capacity still bounds the registry: a full shard makes room with busy
+    /// entries too, least recently used first.
+    ///
+    /// ```
+    /// use palisade_core::keyed::KeyedRegistry;
+    /// use std::time::Duration;
+    ///
+    /// let registry = KeyedRegistry::new(10, Duration::from_secs(60))
+    ///     .unwrap()
+    ///     .keep_while(|open: &bool| *open);
+    /// registry.get_or_insert_with("open", || true);
+    /// # drop(registry);
+    /// ```
+    pub fn keep_while(mut self, busy: fn(&V) -> bool) -> Self {
+        self.busy = Some(busy);
+        self
+    }
+
+    /// Whether `e` is evicted for being idle at `now`.
+    fn idle(&self, e: &Entry<V>, now: u64) -> bool {
+        now.saturating_sub(e.last_used) >= self.idle_nanos
+            && !self.busy.is_some_and(|b| b(&e.value))
+    }
+
     /// Frees room in a full shard: idle entries first; if none, the least recently
     /// used eighth of the shard in one pass, so a flood of new keys costs amortised
     /// O(1) per insert instead of a scan each.
     fn make_room(&self, shard: &mut Shard<K, V, S>, now: u64) {
         let before = shard.map.len();
-        let idle = self.idle_nanos;
-        shard
-            .map
-            .retain(|_, e| now.saturating_sub(e.last_used) < idle);
+        shard.map.retain(|_, e| !self.idle(e, now));
         if shard.map.len() >= self.shard_capacity {
             let mut ages: Vec<u64> = shard.map.values().map(|e| e.last_used).collect();
             let cut = (ages.len() / 8).max(1) - 1;
@@ -261,9 +289,7 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Clone> KeyedRegistry<K, V,
         for shard in self.shards.iter() {
             let mut shard = self.lock(shard);
             let before = shard.map.len();
-            shard
-                .map
-                .retain(|_, e| now.saturating_sub(e.last_used) < self.idle_nanos);
+            shard.map.retain(|_, e| !self.idle(e, now));
             evicted += before - shard.map.len();
         }
         self.evictions.fetch_add(evicted as u64, Ordering::Relaxed);
