@@ -264,6 +264,37 @@ async fn a_call_that_cannot_finish_in_time_is_not_sent() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn calls_refused_for_their_deadline_do_not_open_the_breaker() {
+    let endpoint = Endpoint::new(|_| (Duration::ZERO, true));
+    let stack = Downstream::builder("late-breaker")
+        .min_remaining(Duration::from_millis(20))
+        .breaker(BreakerConfig {
+            consecutive_failures: Some(3),
+            ..BreakerConfig::default()
+        })
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let handle = stack.handle();
+    let mut svc = stack.layer(endpoint.clone());
+    // Callers whose deadlines are nearly spent: each call is refused unsent.
+    for _ in 0..5 {
+        let err = Deadline::after(Duration::from_millis(15))
+            .scope(async { svc.ready().await?.call("x").await })
+            .await
+            .unwrap_err();
+        assert_eq!(kind(&err), Some(RejectionKind::DeadlineExceeded));
+    }
+    assert_eq!(endpoint.calls(), 0);
+    // The downstream was never asked: the breaker has nothing against it.
+    assert_eq!(
+        handle.breaker().unwrap().state(),
+        palisade::breaker::State::Closed
+    );
+    assert_eq!(svc.ready().await.unwrap().call("x").await.unwrap(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_timed_out_try_is_retried_and_the_total_timeout_ends_the_call() {
     // The first attempt hangs; the second answers.
     let endpoint = Endpoint::new(|n| {

@@ -115,9 +115,10 @@ pub trait Classify<Res, E> {
 }
 
 /// The default classifier: every `Ok` is a success and every error a failure — except
-/// Palisade rejections, which are judged by kind: timeouts, deadlines and "no
-/// endpoints" are failures (the downstream is unhealthy), local limits (circuit open,
-/// rate limited, bulkhead full, …) are ignored.
+/// Palisade rejections, which are judged by kind: a try that timed out and "no
+/// endpoints" are failures (the downstream is unhealthy); local decisions (circuit
+/// open, rate limited, bulkhead full, a deadline too close to send the call, …) are
+/// ignored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AllErrorsFail;
 
@@ -234,6 +235,9 @@ mod tests {
         assert_eq!(all(Err(&open)), Outcome::Ignored);
         let timeout = Error::from(Rejection::new(RejectionKind::Timeout));
         assert_eq!(all(Err(&timeout)), Outcome::Failure(FailureReason::TIMEOUT));
+        // Refused (or held back) for the caller's deadline: not the downstream's doing.
+        let late = Error::from(Rejection::new(RejectionKind::DeadlineExceeded));
+        assert_eq!(all(Err(&late)), Outcome::Ignored);
         let none = Rejection::new(RejectionKind::NoEndpoints);
         assert_eq!(
             all(Err(&none)),

@@ -69,14 +69,15 @@ impl RejectionKind {
         )
     }
 
-    /// Whether the rejection reflects the downstream's health (a timeout, no
-    /// endpoints) rather than a local limit. Classifiers count the former as failures
-    /// and ignore the latter.
+    /// Whether the rejection reflects the downstream's health (a try that timed
+    /// out, no endpoints) rather than a local decision. Classifiers count the former
+    /// as failures and ignore the latter. A deadline refusal is local: below the
+    /// front of a stack it refuses a call before it is sent (too little time left)
+    /// or ends its wait in a queue, and says nothing about the downstream — counted
+    /// as a failure, callers with nearly spent deadlines could open a breaker on a
+    /// healthy downstream.
     pub const fn is_downstream_failure(self) -> bool {
-        matches!(
-            self,
-            RejectionKind::Timeout | RejectionKind::DeadlineExceeded | RejectionKind::NoEndpoints
-        )
+        matches!(self, RejectionKind::Timeout | RejectionKind::NoEndpoints)
     }
 
     /// The HTTP status a server answers with when it turns this rejection into a
