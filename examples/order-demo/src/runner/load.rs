@@ -165,9 +165,11 @@ pub async fn generate(
         let key = (arrival.kind == Kind::Order).then(|| format!("{tag}-{i}"));
         if in_flight.load(Ordering::Relaxed) >= max_in_flight as u64 {
             progress.done.fetch_add(1, Ordering::Relaxed);
+            // Given up on unsent: it counts as the slowest answer (the timeout), as
+            // an unanswered request does, so a backlog cannot lower the percentiles.
             samples[i] = Some(Sample {
                 at: arrival.at,
-                latency: Duration::ZERO,
+                latency: timeout,
                 status: 0,
                 ok: false,
                 kind: arrival.kind,

@@ -73,7 +73,8 @@ pub fn summarize(
     let goodput_during = ok_between(samples, fault.0, fault.1) as f64 / secs(fault.1 - fault.0);
     let mut recovery = None;
     let mut start = fault.1;
-    while start + RECOVERY_WINDOW <= length {
+    // Without goodput before the fault there is nothing to recover to.
+    while goodput_before > 0.0 && start + RECOVERY_WINDOW <= length {
         let goodput =
             ok_between(samples, start, start + RECOVERY_WINDOW) as f64 / secs(RECOVERY_WINDOW);
         if goodput >= 0.95 * goodput_before {
@@ -148,7 +149,7 @@ pub fn table(scenario: Scenario, runs: &[&Run]) -> String {
     );
     let _ = writeln!(
         out,
-        "| mode | offered | success | goodput | goodput in fault | p50 | p99 | leaf amplification ({}) | time to recover | orders placed / compensated / unsettled / violations |",
+        "| mode | offered | success | goodput | goodput in fault | p50 | p99 | leaf amplification ({}) | time to recover | orders placed / failed / unsettled / violations |",
         scenario.leaf()
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
@@ -269,4 +270,22 @@ pub fn write(folder: &Path, runs: &[Run], options: &Options) -> Result<(), BoxEr
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_answered_before_the_fault_gives_no_time_to_recover() {
+        // An empty run: no goodput before the fault, so nothing to recover to (it
+        // read 0.0 s, as if recovered at once).
+        let s = summarize(
+            &[],
+            (Duration::from_secs(2), Duration::from_secs(4)),
+            Duration::from_secs(10),
+            0,
+        );
+        assert_eq!(s.recovery, None);
+    }
 }
