@@ -258,3 +258,72 @@ async fn a_hung_attempt_is_cut_by_the_per_try_timeout_and_retried() {
         Some(RejectionKind::DeadlineExceeded)
     );
 }
+
+/// A request body that arrives when the test sends it, its length known up front.
+struct SlowBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    len: u64,
+}
+
+impl hyper::body::Body for SlowBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.len)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_upload_being_buffered_holds_no_bulkhead_permit() {
+    let bulkhead = palisade::limit::bulkhead::BulkheadLayer::builder("upload")
+        .max_concurrent(1)
+        .without_metrics()
+        .build()
+        .unwrap();
+    let permits = bulkhead.handle();
+    let svc = tower::ServiceBuilder::new()
+        .layer(palisade::retry::BufferBodyLayer::new(1024))
+        .layer(bulkhead)
+        .service(tower::service_fn(
+            |_: http::Request<palisade::retry::ReplayBody<SlowBody>>| async {
+                Ok::<_, std::io::Error>(http::Response::new(()))
+            },
+        ));
+    let body = |bytes: Option<&'static [u8]>| {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        if let Some(b) = bytes {
+            tx.try_send(Bytes::from_static(b)).unwrap();
+            drop(tx);
+            (None, SlowBody { rx, len: 5 })
+        } else {
+            (Some(tx), SlowBody { rx, len: 5 })
+        }
+    };
+    // A client uploading slowly: its body is being read.
+    let (upload, slow_body) = body(None);
+    let slow = tokio::spawn(svc.clone().oneshot(http::Request::new(slow_body)));
+    tokio::task::yield_now().await;
+    assert_eq!(permits.in_flight(), 0, "no permit while the body is read");
+    // Meanwhile another request gets the only permit.
+    let (_, quick_body) = body(Some(b"hello"));
+    svc.clone()
+        .oneshot(http::Request::new(quick_body))
+        .await
+        .unwrap();
+    // The upload completes and is sent.
+    let upload = upload.unwrap();
+    upload.send(Bytes::from_static(b"hello")).await.unwrap();
+    drop(upload);
+    slow.await.unwrap().unwrap();
+    assert_eq!(permits.in_flight(), 0);
+}

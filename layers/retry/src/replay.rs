@@ -7,6 +7,11 @@
 //! larger, or whose size is not known in advance, streams through untouched and that
 //! request is not retried.
 //!
+//! While a body is read, the layers further in hold nothing for it: a clone of the
+//! inner service is made ready once the body is in, so a client uploading slowly
+//! takes no bulkhead permit or half-open probe meanwhile. Trailers of a buffered
+//! body are not kept (the buffered body ends with its data).
+//!
 //! ```text
 //! BufferBodyLayer → RetryLayer (HttpRetry) → … → hyper client
 //!   Request<B>        Request<ReplayBody<B>>
@@ -139,20 +144,24 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut ready = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = req.into_parts();
         let small = body
             .size_hint()
             .upper()
             .is_some_and(|n| n <= self.max_bytes);
         if small {
+            // The body is read first, without taking what this service's readiness
+            // holds (a bulkhead permit, a half-open probe): a slow upload must not
+            // hold capacity. The service stays ready for its next call, and the
+            // future gets a clone of its own ready once the body is in.
             BufferFuture::Collecting {
                 collect: body.collect(),
                 parts: Some(parts),
-                service: Some(ready),
+                service: Some(self.inner.clone()),
             }
         } else {
+            let clone = self.inner.clone();
+            let mut ready = std::mem::replace(&mut self.inner, clone);
             let future = ready.call(Request::from_parts(parts, ReplayBody::Streaming(body)));
             BufferFuture::Calling { future }
         }
@@ -176,8 +185,15 @@ where
         collect: Collect<B>,
         /// The request head, until the body is read.
         parts: Option<Parts>,
-        /// The service made ready for this call.
+        /// A clone of the service, made ready once the body is read.
         service: Option<S>,
+    },
+    /// The body is read; getting the service ready for the call.
+    Readying {
+        /// The service being made ready.
+        service: S,
+        /// The request, until it is sent.
+        request: Option<Request<ReplayBody<B>>>,
     },
     /// The call is under way.
     Calling {
@@ -195,6 +211,7 @@ where
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             BufferFuture::Collecting { .. } => "BufferFuture::Collecting",
+            BufferFuture::Readying { .. } => "BufferFuture::Readying",
             BufferFuture::Calling { .. } => "BufferFuture::Calling",
         })
     }
@@ -222,15 +239,27 @@ where
                         Ok(c) => c.to_bytes(),
                         Err(e) => return Poll::Ready(Err(Error::Inner(e.into()))),
                     };
-                    let (Some(parts), Some(mut service)) = (parts.take(), service.take()) else {
+                    let (Some(parts), Some(service)) = (parts.take(), service.take()) else {
                         return Poll::Ready(Err(Error::Inner(
                             "palisade-retry: body buffered twice".into(),
                         )));
                     };
-                    let future = service.call(Request::from_parts(
-                        parts,
-                        ReplayBody::Buffered(Some(bytes)),
-                    ));
+                    let request = Request::from_parts(parts, ReplayBody::Buffered(Some(bytes)));
+                    self.set(BufferFuture::Readying {
+                        service,
+                        request: Some(request),
+                    });
+                }
+                BufferFutureProj::Readying { service, request } => {
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                        return Poll::Ready(Err(Error::from_service(e)));
+                    }
+                    let Some(request) = request.take() else {
+                        return Poll::Ready(Err(Error::Inner(
+                            "palisade-retry: buffered request sent twice".into(),
+                        )));
+                    };
+                    let future = service.call(request);
                     self.set(BufferFuture::Calling { future });
                 }
                 BufferFutureProj::Calling { future } => {
