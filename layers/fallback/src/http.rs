@@ -7,7 +7,10 @@
 //!   key longer than the bound pass through untouched.
 //! - [`HttpStore`] buffers response bodies up to a bound so a response can be cached
 //!   and handed to every coalesced waiter; a larger body streams on to one caller
-//!   and is not cached. A response with `Cache-Control: no-store` is not cached.
+//!   and is not cached. A response with `Cache-Control` `no-store`, `private`,
+//!   `no-cache`, `must-revalidate` or `proxy-revalidate` is not cached (this cache
+//!   serves many callers, and serves stale when the downstream fails). Responses
+//!   are keyed, not matched on `Vary`: add the headers they vary by to the key.
 //! - Responses from the cache carry an `Age` header (whole seconds), the
 //!   `x-palisade-cache` header (`hit` or `stale`) and a [`Served`] extension.
 //! - [`HttpMark`] marks fallback responses with `x-palisade-fallback: <reason>` and
@@ -279,9 +282,24 @@ impl Store for HttpStore {
     }
 
     fn cacheable(&self, entry: &HttpEntry) -> bool {
+        // This cache answers many callers, and answers stale when the downstream
+        // fails (RFC 9111): `no-store` and `private` responses are not kept, nor are
+        // those that must not be served without revalidation (`no-cache`,
+        // `must-revalidate`, `proxy-revalidate`).
+        const NOT_KEPT: [&str; 5] = [
+            "no-store",
+            "private",
+            "no-cache",
+            "must-revalidate",
+            "proxy-revalidate",
+        ];
         !entry.0.head.headers.get_all(CACHE_CONTROL).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.to_ascii_lowercase().contains("no-store"))
+            v.to_str().is_ok_and(|v| {
+                v.split(',').any(|directive| {
+                    let name = directive.split('=').next().unwrap_or("").trim();
+                    NOT_KEPT.iter().any(|d| name.eq_ignore_ascii_case(d))
+                })
+            })
         })
     }
 }
@@ -360,9 +378,19 @@ where
             Served::Stale { age } => (Some(age), Some("stale")),
         };
         if let Some(age) = age {
-            response
-                .headers_mut()
-                .insert(AGE, HeaderValue::from(age.as_secs()));
+            // The age the upstream gave (from a cache of its own) plus the time the
+            // response has been kept here (RFC 9111, 4.2.3).
+            let upstream = inner
+                .head
+                .headers
+                .get(AGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            response.headers_mut().insert(
+                AGE,
+                HeaderValue::from(upstream.saturating_add(age.as_secs())),
+            );
         }
         if let Some(mark) = mark {
             response
@@ -669,6 +697,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_age_from_upstream_is_added_to_the_time_kept() {
+        let store = HttpStore::new(64);
+        let response = Response::builder()
+            .status(200)
+            .header(AGE, "300")
+            .body(Full::new(Bytes::from_static(b"lamp")))
+            .unwrap();
+        let Captured::Shareable(entry) = store.capture(response).await else {
+            panic!("a small body is shareable");
+        };
+        let hit: Response<CachedBody<Full<Bytes>>> = store.rebuild(
+            &entry,
+            Served::Fresh {
+                age: Duration::from_secs(20),
+            },
+        );
+        assert_eq!(hit.headers()[AGE], "320");
+    }
+
+    #[tokio::test]
     async fn large_bodies_stream_on_whole() {
         let store = HttpStore::new(8);
         // Declared too large: not read at all.
@@ -712,6 +760,26 @@ mod tests {
             panic!("shareable");
         };
         assert!(!store.cacheable(&entry));
+        // Each directive that forbids keeping or serving stale, alone and among
+        // others; a plain max-age is kept.
+        for (cache_control, kept) in [
+            ("private", false),
+            ("no-cache", false),
+            ("max-age=60, must-revalidate", false),
+            ("public, proxy-revalidate", false),
+            ("no-cache=\"set-cookie\"", false),
+            ("max-age=60", true),
+            ("public, max-age=60, stale-if-error=300", true),
+        ] {
+            let response = Response::builder()
+                .header(CACHE_CONTROL, cache_control)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let Captured::Shareable(entry) = store.capture(response).await else {
+                panic!("shareable");
+            };
+            assert_eq!(store.cacheable(&entry), kept, "{cache_control}");
+        }
     }
 
     #[test]
