@@ -327,3 +327,30 @@ async fn a_slow_upload_being_buffered_holds_no_bulkhead_permit() {
     slow.await.unwrap().unwrap();
     assert_eq!(permits.in_flight(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_body_longer_than_its_size_hint_is_not_read_past_the_bound() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(palisade::retry::BufferBodyLayer::new(8))
+        .service(tower::service_fn(
+            move |_: http::Request<palisade::retry::ReplayBody<SlowBody>>| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, std::io::Error>(http::Response::new(())) }
+            },
+        ));
+    // Says 5 bytes, sends 64: reading stops at the 8-byte bound and the call fails.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.try_send(Bytes::from(vec![b'x'; 64])).unwrap();
+    drop(tx);
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(SlowBody { rx, len: 5 }))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("length limit exceeded"), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
+}

@@ -5,7 +5,8 @@
 //! known to be at most `max_bytes` into memory before the call, so a
 //! [`HttpRetry`](crate::http::HttpRetry) further in can send it again; a body that is
 //! larger, or whose size is not known in advance, streams through untouched and that
-//! request is not retried.
+//! request is not retried. A body that sends more than its size hint promised is
+//! read no further than `max_bytes`, and its call fails.
 //!
 //! While a body is read, the layers further in hold nothing for it: a clone of the
 //! inner service is made ready once the body is in, so a client uploading slowly
@@ -24,8 +25,8 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http::{Request, request::Parts};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use http_body_util::combinators::Collect;
+use http_body_util::{BodyExt, Limited};
 use palisade_core::{BoxError, Error};
 use pin_project::pin_project;
 use tower_layer::Layer;
@@ -155,7 +156,10 @@ where
             // hold capacity. The service stays ready for its next call, and the
             // future gets a clone of its own ready once the body is in.
             BufferFuture::Collecting {
-                collect: body.collect(),
+                // Read at most what the size hint promised: a body that sends more
+                // fails the call rather than fill memory.
+                collect: Limited::new(body, usize::try_from(self.max_bytes).unwrap_or(usize::MAX))
+                    .collect(),
                 parts: Some(parts),
                 service: Some(self.inner.clone()),
             }
@@ -177,12 +181,13 @@ pub enum BufferFuture<S, B>
 where
     S: Service<Request<ReplayBody<B>>>,
     B: Body,
+    B::Error: Into<BoxError>,
 {
     /// Reading the body.
     Collecting {
         /// The body being read.
         #[pin]
-        collect: Collect<B>,
+        collect: Collect<Limited<B>>,
         /// The request head, until the body is read.
         parts: Option<Parts>,
         /// A clone of the service, made ready once the body is read.
@@ -207,6 +212,7 @@ impl<S, B> std::fmt::Debug for BufferFuture<S, B>
 where
     S: Service<Request<ReplayBody<B>>>,
     B: Body,
+    B::Error: Into<BoxError>,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -237,7 +243,7 @@ where
                     let collected = ready!(collect.poll(cx));
                     let bytes = match collected {
                         Ok(c) => c.to_bytes(),
-                        Err(e) => return Poll::Ready(Err(Error::Inner(e.into()))),
+                        Err(e) => return Poll::Ready(Err(Error::Inner(e))),
                     };
                     let (Some(parts), Some(service)) = (parts.take(), service.take()) else {
                         return Poll::Ready(Err(Error::Inner(
