@@ -132,8 +132,10 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if !self.refuse && too_late(self.shared.min_remaining) {
-            self.refuse = true;
+        // The deadline in scope now decides (a service made ready again follows the
+        // request it is now made ready for); without one, an earlier decision stays.
+        if let Some(d) = Deadline::current() {
+            self.refuse = d.remaining() < self.shared.min_remaining;
         }
         if self.refuse {
             // The call will be refused: take no capacity from the inner service.
@@ -156,11 +158,6 @@ where
         }
         RefuseLateFuture::Sent(self.inner.call(req))
     }
-}
-
-#[inline]
-fn too_late(min_remaining: Duration) -> bool {
-    Deadline::current().is_some_and(|d| d.remaining() < min_remaining)
 }
 
 /// The response future of [`RefuseLateService`].

@@ -128,14 +128,16 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if let Readied::Unknown = self.readied {
-            let deadline = Deadline::current();
-            // Only a deadline seen here is kept: one may still be set around `call`
-            // (an inbound layer scopes its inner service's `call`).
-            self.readied = match deadline {
-                Some(d) if d.is_expired() => Readied::Expired,
-                Some(d) => Readied::Deadline(d),
-                None => Readied::Unknown,
+        // The deadline in scope now decides: a service made ready again (a balancer
+        // readies its endpoints ahead, then again for the request it sends) follows
+        // the request it is now made ready for. Without one in scope, what an
+        // earlier poll saw stays; one may still be set around `call` (an inbound
+        // layer scopes its inner service's `call`).
+        if let Some(d) = Deadline::current() {
+            self.readied = if d.is_expired() {
+                Readied::Expired
+            } else {
+                Readied::Deadline(d)
             };
         }
         if let Readied::Expired = self.readied {

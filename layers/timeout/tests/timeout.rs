@@ -289,6 +289,28 @@ async fn a_clone_decides_for_itself() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn made_ready_again_under_another_deadline_it_follows_that_one() {
+    let counts = Counts::default();
+    let mut svc = layer(Duration::from_secs(1)).layer(Counting {
+        inner: slow(),
+        counts: counts.clone(),
+    });
+    // Made ready ahead under a passed deadline (as a balancer readies endpoints)...
+    Deadline::after(Duration::ZERO)
+        .scope(async {
+            svc.ready().await.unwrap();
+        })
+        .await;
+    // ...then made ready again, and called, for a request with time left: it is
+    // sent, not refused for the earlier request's deadline.
+    let result = Deadline::after(Duration::from_secs(5))
+        .scope(async { svc.ready().await.unwrap().call(MS).await })
+        .await;
+    assert_eq!(result.unwrap(), "done");
+    assert_eq!(counts.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn counts_calls_by_outcome() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();

@@ -240,10 +240,10 @@ where
     type Future = OutboundFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if !self.refuse
-            && Deadline::current().is_some_and(|d| d.remaining() < self.shared.min_remaining)
-        {
-            self.refuse = true;
+        // The deadline in scope now decides (a service made ready again follows the
+        // request it is now made ready for); without one, an earlier decision stays.
+        if let Some(d) = Deadline::current() {
+            self.refuse = d.remaining() < self.shared.min_remaining;
         }
         if self.refuse {
             // The call will be refused: take no readiness from the inner service.
