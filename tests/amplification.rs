@@ -295,6 +295,9 @@ fn run(leaf: Leaf, policy: Policy, edge_deadline: Option<Duration>, seed: u64) -
         }
         Ok(())
     });
+    // Every host runs on this thread: seeding its generator fixes the retry
+    // layers' jitter, so a seed gives the same run every time.
+    fastrand::seed(seed);
     sim.run().expect("the simulation runs to completion");
     let least_ms = least.load(Ordering::Relaxed);
     Report {
