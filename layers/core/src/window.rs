@@ -235,11 +235,19 @@ fn bucket_counts(word: u64) -> (u32, u32, u32) {
 /// Times are `u64` nanoseconds from any fixed epoch (a [`Clock`](crate::Clock)'s
 /// readings). Each bucket counts at most 65,535 calls; calls past that in the same
 /// bucket are not counted (the rates stay those of the first 65,535), so pick buckets
-/// narrow enough for your peak rate.
+/// narrow enough for your peak rate. A call whose reading is a whole window older than
+/// the newest call recorded is not counted.
+///
+/// Each bucket is tagged with the window's rotation it counts (modulo 65,536). When
+/// time moves into a bucket no call has reached yet, the buckets it passed over that
+/// still hold an older rotation are emptied, so a tag can only match the calls of its
+/// own rotation, however long the window sat idle.
 #[derive(Debug)]
 pub struct TimeWindow {
     buckets: Box<[AtomicU64]>,
     bucket_nanos: u64,
+    /// One past the newest tick a call was recorded in (0: none yet).
+    next_tick: CachePadded<AtomicU64>,
 }
 
 impl TimeWindow {
@@ -255,6 +263,7 @@ impl TimeWindow {
         Some(Self {
             buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
             bucket_nanos,
+            next_tick: CachePadded::new(AtomicU64::new(0)),
         })
     }
 
@@ -268,10 +277,57 @@ impl TimeWindow {
         ((tick % n) as usize, (tick / n) & BUCKET_MAX)
     }
 
+    /// Moves the window's newest tick to `tick` when no call has reached it yet,
+    /// emptying the buckets of the ticks passed over (and of `tick` itself) that hold
+    /// an older rotation. Runs once per bucket width at most, not per call.
+    #[cold]
+    fn advance(&self, tick: u64) {
+        let next = self
+            .next_tick
+            .fetch_max(tick.saturating_add(1), Ordering::AcqRel);
+        if next > tick || next == 0 {
+            // Another call moved it first, or this is the first call ever (every
+            // bucket is empty).
+            return;
+        }
+        let newest = next - 1;
+        let n = self.buckets.len() as u64;
+        // The tags repeat every 65,536 rotations: after a silence that long, a bucket
+        // of the window just left can carry the tag of the window entered, so
+        // everything goes. (Calls recorded at this very moment may go with it.)
+        if tick - newest > n * BUCKET_MAX {
+            for bucket in self.buckets.iter() {
+                bucket.store(0, Ordering::Release);
+            }
+            return;
+        }
+        // Otherwise every bucket holds a tick of the window `(newest - n, newest]`;
+        // those the window moved past are emptied unless a call of their new tick has
+        // already started them.
+        for passed in (newest + 1).max((tick + 1).saturating_sub(n))..=tick {
+            let (index, tag) = self.locate(passed);
+            let bucket = &self.buckets[index];
+            let mut word = bucket.load(Ordering::Acquire);
+            while word != 0 && bucket_tag(word) != tag {
+                match bucket.compare_exchange_weak(word, 0, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => break,
+                    Err(actual) => word = actual,
+                }
+            }
+        }
+    }
+
     /// Records one call made at `now_nanos`.
     #[inline]
     pub fn record(&self, now_nanos: u64, sample: Sample) {
         let tick = now_nanos / self.bucket_nanos;
+        let next = self.next_tick.load(Ordering::Acquire);
+        if tick >= next {
+            self.advance(tick);
+        } else if tick.saturating_add(self.buckets.len() as u64) < next {
+            // Older than the whole window: its bucket now counts a later tick.
+            return;
+        }
         let (index, tag) = self.locate(tick);
         let add = (1u64 << BUCKET_FIELD)
             | (u64::from(sample.failure) << (2 * BUCKET_FIELD))
@@ -301,7 +357,15 @@ impl TimeWindow {
         let tick = now_nanos / self.bucket_nanos;
         let n = self.buckets.len() as u64;
         let mut snap = WindowSnapshot::default();
+        // Ticks after the newest recorded one hold no calls, only older rotations.
+        let newest = match self.next_tick.load(Ordering::Acquire) {
+            0 => return snap,
+            next => next - 1,
+        };
         for age in 0..n.min(tick + 1) {
+            if tick - age > newest {
+                continue;
+            }
             let (index, tag) = self.locate(tick - age);
             let word = self.buckets[index].load(Ordering::Acquire);
             if word != 0 && bucket_tag(word) == tag {
@@ -434,6 +498,67 @@ mod tests {
         assert_eq!(w.snapshot(10 * s), WindowSnapshot::default());
     }
 
+    /// A rotation of a window of `n` buckets of width 1 happens every `n` ticks; the
+    /// bucket tags repeat after 65,536 rotations.
+    const ROTATIONS: u64 = 1 << 16;
+
+    #[test]
+    fn time_window_does_not_count_a_bucket_65536_rotations_old() {
+        let w = TimeWindow::new(10, 1).unwrap();
+        w.record(3, FAIL);
+        let later = 3 + ROTATIONS * 10;
+        // Read after the silence: the old failure is not in the window.
+        assert_eq!(w.snapshot(later), WindowSnapshot::default());
+        // Nor does a call in that same bucket add to it.
+        w.record(later, OK);
+        assert_eq!(
+            w.snapshot(later),
+            WindowSnapshot {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
+    }
+
+    #[test]
+    fn time_window_forgets_idle_buckets_while_others_stay_busy() {
+        // Calls land only in bucket 0, once a rotation; one failure sat in bucket 1.
+        let w = TimeWindow::new(4, 1).unwrap();
+        w.record(1, FAIL);
+        for rotation in 1..=ROTATIONS {
+            w.record(rotation * 4, OK);
+        }
+        let later = 1 + ROTATIONS * 4;
+        w.record(later, OK);
+        assert_eq!(
+            w.snapshot(later),
+            WindowSnapshot {
+                calls: 2,
+                failures: 0,
+                slow: 0
+            }
+        );
+    }
+
+    #[test]
+    fn time_window_drops_a_call_older_than_the_window() {
+        // A call whose clock reading is a whole window behind the newest does not
+        // start its bucket afresh over the current calls there.
+        let w = TimeWindow::new(4, 1).unwrap();
+        w.record(8, FAIL);
+        w.record(8, FAIL);
+        w.record(4, OK);
+        assert_eq!(
+            w.snapshot(8),
+            WindowSnapshot {
+                calls: 2,
+                failures: 2,
+                slow: 0
+            }
+        );
+    }
+
     #[test]
     fn time_window_saturates_per_bucket() {
         let w = TimeWindow::new(2, 10).unwrap();
@@ -497,19 +622,36 @@ mod tests {
         }
 
         #[test]
-        fn time_window_matches_a_model(buckets in 1u32..12, steps in proptest::collection::vec((0u64..3_000, any::<bool>()), 0..150)) {
+        fn time_window_matches_a_model(
+            buckets in 1u32..12,
+            steps in proptest::collection::vec((0u8..8, 0u64..3_000, any::<bool>(), 0u64..3_000), 0..150),
+        ) {
             let width = 1_000u64;
+            let n = u64::from(buckets);
             let w = TimeWindow::new(buckets, width).unwrap();
             let mut now = 0u64;
             let mut model: Vec<(u64, bool)> = Vec::new();
-            for (dt, failure) in steps {
-                now += dt;
-                w.record(now, Sample { failure, slow: false });
-                model.push((now, failure));
-                let tick = now / width;
-                let lo = (tick + 1).saturating_sub(u64::from(buckets));
+            for (kind, amount, failure, look_ahead) in steps {
+                // Mostly small steps forward; some readings behind the newest (another
+                // thread's clock reading), some silences of a multiple of 65,536
+                // rotations (where the bucket tags repeat).
+                let at = match kind {
+                    0..=4 => { now += amount; now }
+                    5 | 6 => now.saturating_sub(amount),
+                    _ => {
+                        now += (1 << 16) * n * width * (1 + amount % 2) + amount;
+                        now
+                    }
+                };
+                w.record(at, Sample { failure, slow: false });
+                let newest = model.iter().map(|(t, _)| t / width).max();
+                if newest.is_none_or(|newest| at / width + n > newest) {
+                    model.push((at, failure));
+                }
+                let read = now + look_ahead;
+                let lo = (read / width + 1).saturating_sub(n);
                 let live: Vec<_> = model.iter().filter(|(t, _)| t / width >= lo).collect();
-                let snap = w.snapshot(now);
+                let snap = w.snapshot(read);
                 prop_assert_eq!(snap.calls as usize, live.len());
                 prop_assert_eq!(snap.failures as usize, live.iter().filter(|(_, f)| *f).count());
             }
