@@ -309,6 +309,13 @@ impl ExpAvg {
         }
         self.value
     }
+
+    /// Scales the average by `factor`, also while it is still averaging plainly (the
+    /// next sample builds on the scaled value, not on the samples' plain mean).
+    fn scale(&mut self, factor: f64) {
+        self.value *= factor;
+        self.sum *= factor;
+    }
 }
 
 impl LimitAlgorithm for Gradient2 {
@@ -332,7 +339,7 @@ impl LimitAlgorithm for Gradient2 {
         if long > 2.0 * short {
             // Latency came back down after a long overload: let the baseline follow
             // quickly rather than over `long_window` samples.
-            state.long.value *= 0.9;
+            state.long.scale(0.9);
         }
         if f64::from(sample.in_flight) < limit / 2.0 {
             // The application does not use the limit: nothing to learn about it.
@@ -529,6 +536,32 @@ mod tests {
         assert_eq!(after, before, "a drop at normal latency keeps the limit");
         let after = g.update(&mut s, limit, &Sample::new(ms(200), 20, true));
         assert!(after < before, "a timeout-like drop shrinks it");
+    }
+
+    #[test]
+    fn gradient2_baseline_follows_a_latency_drop_during_warm_up() {
+        // The long average is still a plain mean of its first samples when latency
+        // drops to a tenth: each sample after the drop lowers it by a tenth more
+        // than the mean would.
+        let g = Gradient2 {
+            short_window: 1,
+            ..Gradient2::default()
+        };
+        let mut s = g.start();
+        for _ in 0..5 {
+            g.update(&mut s, 20.0, &Sample::new(ms(100), 20, false));
+        }
+        g.update(&mut s, 20.0, &Sample::new(ms(10), 20, false));
+        // Mean of 500 + 10 ms over six samples, then the decay.
+        let decayed = 0.9 * 510.0 / 6.0;
+        assert!((s.long_rtt().as_secs_f64() * 1e3 - decayed).abs() < 1e-6);
+        g.update(&mut s, 20.0, &Sample::new(ms(10), 20, false));
+        let next = 0.9 * (0.9 * 510.0 + 10.0) / 7.0;
+        let got = s.long_rtt().as_secs_f64() * 1e3;
+        assert!(
+            (got - next).abs() < 1e-6,
+            "long average {got} ms, not {next}"
+        );
     }
 
     #[test]
