@@ -27,8 +27,8 @@
 //! Requests carry a path only (`/credit/reserve`); the endpoint layer fills in the
 //! address. A [`CallTrace`] in the request's extensions tells the caller afterwards
 //! whether any attempt may have reached the server without an answer coming back
-//! (sent, then timed out or cut off): only then can the call have had an effect the
-//! caller does not know about.
+//! (sent, then timed out or cut off, even in the answer's body): only then can the
+//! call have had an effect the caller does not know about.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -150,8 +150,8 @@ impl CallTrace {
     }
 }
 
-/// Marks the trace in doubt unless the attempt was settled (answered, or never
-/// connected).
+/// Marks the trace in doubt unless the attempt was settled (answered and read to
+/// the end, or never connected).
 struct Doubt {
     trace: Option<CallTrace>,
     settled: bool,
@@ -205,9 +205,12 @@ impl Service<OutRequest> for Attempt {
             };
             match sent.await {
                 Ok(res) => {
-                    doubt.settled = true;
+                    // Settled once the whole answer is read: an answer cut off in its
+                    // body (the replica did the work, the caller lost what it said)
+                    // stays in doubt.
                     let (parts, body) = res.into_parts();
                     let body = body.collect().await?.to_bytes();
+                    doubt.settled = true;
                     Ok(Response::from_parts(parts, Full::new(body)))
                 }
                 Err(e) => {
@@ -676,4 +679,49 @@ pub fn post_json<T: serde::Serialize>(
 /// Sends `req` through `client`.
 pub async fn send(client: &Client, req: OutRequest) -> Result<OutResponse, Error> {
     client.clone().oneshot(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tower::ServiceExt;
+
+    /// A replica that answers `200 OK` with a body it promises to be 100 bytes long,
+    /// sends 3 of them and hangs up.
+    async fn cut_body_replica() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"h")
+                .await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_off_in_its_body_leaves_the_call_in_doubt() {
+        // The replica did the work (it answered 200) but the caller never read what
+        // it answered: the order service must treat the hold as possibly made.
+        let addr = cut_body_replica().await;
+        let mut attempt = Attempt {
+            http: http_client(),
+            attempts: Arc::default(),
+        };
+        let trace = CallTrace::new();
+        let mut req = post_json(
+            &format!("http://{addr}/credit/reserve"),
+            &serde_json::json!({}),
+            "o1:credit",
+        )
+        .unwrap();
+        req.extensions_mut().insert(trace.clone());
+        let result = attempt.ready().await.unwrap().call(req).await;
+        assert!(result.is_err(), "a cut body is an error");
+        assert!(trace.in_doubt(), "a call answered but cut off is in doubt");
+    }
 }
