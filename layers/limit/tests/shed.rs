@@ -68,10 +68,17 @@ async fn classes_are_shed_at_their_thresholds() {
     let calls = Arc::new(AtomicU32::new(0));
     let svc = layer.layer(holding(release.clone(), calls.clone()));
     let mut held = Vec::new();
-    // 8 default requests in flight: a sheddable one (threshold 8) is shed.
-    for _ in 0..8 {
+    // 7 in flight: a sheddable request (threshold 8) is still admitted.
+    for _ in 0..6 {
         held.push(tokio::spawn(svc.clone().oneshot(req(None))));
     }
+    tokio::task::yield_now().await;
+    assert_eq!(layer.in_flight(), 6);
+    held.push(tokio::spawn(svc.clone().oneshot(req(Some("sheddable")))));
+    tokio::task::yield_now().await;
+    assert_eq!(layer.in_flight(), 7);
+    // 8 in flight: a sheddable one is shed.
+    held.push(tokio::spawn(svc.clone().oneshot(req(None))));
     tokio::task::yield_now().await;
     assert_eq!(layer.in_flight(), 8);
     let shed = svc.clone().oneshot(req(Some("sheddable"))).await.unwrap();

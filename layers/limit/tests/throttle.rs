@@ -320,6 +320,10 @@ async fn failures_the_classifier_ignores_are_accepts() {
         advance(EVERY).await;
     }
     assert_eq!(backend.received(), 1_000);
+    // Counted as accepts, not left out of the window.
+    let handle = layer.handle();
+    assert!(handle.requests() > 0);
+    assert_eq!(handle.accepts(), handle.requests());
 }
 
 #[tokio::test(start_paused = true)]

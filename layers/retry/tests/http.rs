@@ -267,7 +267,10 @@ async fn streaming_bodies_are_buffered_when_small_and_streamed_otherwise() {
     let put = Request::put("http://svc/stock").body(body).unwrap();
     let res = client.clone().oneshot(put).await.unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(bodies.lock().unwrap().len(), 2);
+    assert_eq!(
+        *bodies.lock().unwrap(),
+        vec![Bytes::from_static(b"reserve 2"); 2]
+    );
 
     // A body of unknown size streams through once and is not retried.
     let chunks = futures_util::stream::iter(vec![Ok(http_body::Frame::data(Bytes::from_static(

@@ -286,6 +286,10 @@ async fn a_clone_decides_for_itself() {
     let result = clone.ready().await.unwrap().call(MS).await;
     assert_eq!(result.unwrap(), "done");
     assert_eq!(counts.calls(), 1);
+    // The original keeps its own decision: called outside any deadline, it refuses.
+    let result = svc.call(MS).await;
+    assert_eq!(kind(&result), Some(RejectionKind::DeadlineExceeded));
+    assert_eq!(counts.calls(), 1);
 }
 
 #[tokio::test(start_paused = true)]
