@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts etcd on 127.0.0.1 (non-default ports, temporary data dir), waits until it
-# is healthy, runs palisade-balance's etcd tests and the order demo's separate
-# processes registered in etcd (order-demo, feature etcd) against it, and stops it.
+# is healthy, runs palisade-balance's etcd tests, the order demo's unit tests with
+# its etcd feature and its separate processes registered in etcd against it, and
+# stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,5 +45,7 @@ if [ "$healthy" != 1 ]; then
 fi
 
 export PALISADE_ETCD_ENDPOINTS="127.0.0.1:${CLIENT_PORT}"
+# The etcd tests skip without an etcd; here a missing one fails them.
+export PALISADE_REQUIRE_ETCD=1
 cargo test -p palisade-balance --features etcd --test etcd
-cargo test -p order-demo --features etcd --test serve_etcd
+cargo test -p order-demo --features etcd --lib --test serve_etcd
