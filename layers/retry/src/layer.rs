@@ -8,7 +8,7 @@ use crate::budget::{BudgetConfig, RetryBudget};
 use crate::config::RetryConfig;
 use crate::metrics::RetryMetrics;
 use crate::protocol::CloneRequests;
-use crate::service::{Retry, Shared};
+use crate::service::{Jitter, Retry, Shared};
 
 /// A user predicate: may this failure be retried at all?
 pub(crate) type RetryIf = Arc<dyn Fn(&Outcome) -> bool + Send + Sync>;
@@ -60,6 +60,7 @@ impl RetryLayer {
             classify: AllErrorsFail,
             retry_if: None,
             metrics: true,
+            seed: None,
         }
     }
 }
@@ -93,6 +94,7 @@ pub struct Builder<P = CloneRequests, C = AllErrorsFail> {
     classify: C,
     retry_if: Option<RetryIf>,
     metrics: bool,
+    seed: Option<u64>,
 }
 
 impl<P, C> std::fmt::Debug for Builder<P, C> {
@@ -100,6 +102,7 @@ impl<P, C> std::fmt::Debug for Builder<P, C> {
         f.debug_struct("Builder")
             .field("name", &self.name)
             .field("config", &self.config)
+            .field("seed", &self.seed)
             .finish_non_exhaustive()
     }
 }
@@ -148,6 +151,7 @@ impl<P, C> Builder<P, C> {
             classify,
             retry_if: self.retry_if,
             metrics: self.metrics,
+            seed: self.seed,
         }
     }
 
@@ -161,12 +165,22 @@ impl<P, C> Builder<P, C> {
             classify: self.classify,
             retry_if: self.retry_if,
             metrics: self.metrics,
+            seed: self.seed,
         }
     }
 
     /// Records no metrics.
     pub fn without_metrics(mut self) -> Self {
         self.metrics = false;
+        self
+    }
+
+    /// Draws the backoff jitter from one generator seeded from `seed`, shared by
+    /// every service and clone the layer makes, so that a run whose calls happen in
+    /// the same order (paused time, a simulated network) waits the same delays.
+    /// Default: `fastrand`'s generator of the calling thread.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
         self
     }
 
@@ -183,6 +197,7 @@ impl<P, C> Builder<P, C> {
                 budget,
                 metrics,
                 retry_if: self.retry_if,
+                jitter: Jitter::new(self.seed),
             }),
             protocol: self.protocol,
             classify: self.classify,

@@ -1,3 +1,4 @@
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,6 +22,36 @@ pub(crate) struct Shared {
     pub(crate) budget: Arc<RetryBudget>,
     pub(crate) metrics: Option<RetryMetrics>,
     pub(crate) retry_if: Option<RetryIf>,
+    pub(crate) jitter: Jitter,
+}
+
+/// Where the backoff jitter comes from.
+pub(crate) enum Jitter {
+    /// `fastrand`'s generator of the calling thread.
+    ThreadLocal,
+    /// A wyrand generator shared by the layer's services: one atomic step a draw.
+    Seeded(AtomicU64),
+}
+
+impl Jitter {
+    pub(crate) fn new(seed: Option<u64>) -> Self {
+        seed.map_or(Jitter::ThreadLocal, |s| Jitter::Seeded(AtomicU64::new(s)))
+    }
+
+    /// A uniform draw from `[0, 1)`.
+    fn draw(&self) -> f64 {
+        match self {
+            Jitter::ThreadLocal => fastrand::f64(),
+            Jitter::Seeded(state) => {
+                const STEP: u64 = 0xA076_1D64_78BD_642F;
+                let s = state.fetch_add(STEP, Ordering::Relaxed).wrapping_add(STEP);
+                let t = u128::from(s) * u128::from(s ^ 0xE703_7ED1_A0B4_28DB);
+                let r = (t >> 64) as u64 ^ t as u64;
+                // The top 53 bits, as a fraction.
+                (r >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+            }
+        }
+    }
 }
 
 /// What to do after an attempt.
@@ -99,7 +130,7 @@ impl Shared {
         let mut delay = self
             .config
             .backoff
-            .delay(attempt, previous, fastrand::f64());
+            .delay(attempt, previous, self.jitter.draw());
         if let Some(hint) = hint {
             if hint > self.config.max_retry_after() {
                 return give_up(GiveUp::RetryAfterTooLong);

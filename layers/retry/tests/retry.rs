@@ -74,6 +74,48 @@ async fn retries_up_to_max_attempts_with_exact_backoff() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
+/// How long, on paused time, each of `calls` calls spends retrying a downstream
+/// that always fails, through one layer seeded with `seed` (or not).
+async fn jittered_waits(seed: Option<u64>, calls: usize) -> Vec<Duration> {
+    let mut builder = RetryLayer::builder("t")
+        .max_attempts(4)
+        .backoff(Backoff {
+            strategy: Strategy::FullJitter,
+            ..exponential(100)
+        })
+        .budget(rich_budget())
+        .without_metrics();
+    if let Some(seed) = seed {
+        builder = builder.seed(seed);
+    }
+    let layer = builder.build().unwrap();
+    let (_, inner) = flaky(u32::MAX, io_error);
+    let svc = layer.layer(inner);
+    let mut waits = Vec::new();
+    for _ in 0..calls {
+        let start = Instant::now();
+        // Each call through a clone of its own: clones share the generator.
+        svc.clone().oneshot(()).await.unwrap_err();
+        waits.push(start.elapsed());
+    }
+    waits
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_seeded_layer_waits_the_same_jittered_delays_every_run() {
+    let first = jittered_waits(Some(7), 20).await;
+    assert_eq!(jittered_waits(Some(7), 20).await, first);
+    // The delays are drawn, not fixed: they differ between calls and between seeds.
+    let distinct: std::collections::BTreeSet<_> = first.iter().collect();
+    assert!(distinct.len() > 10, "{first:?}");
+    assert_ne!(jittered_waits(Some(8), 20).await, first);
+    // Unseeded layers draw from the thread's generator: two runs differ.
+    assert_ne!(
+        jittered_waits(None, 20).await,
+        jittered_waits(None, 20).await
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn ignored_outcomes_and_dont_retry_rejections_are_not_retried() {
     let layer = RetryLayer::builder("t")
