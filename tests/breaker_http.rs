@@ -20,8 +20,9 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-/// How long the breaker stays open after a trip (no jitter, no backoff).
-const WAIT_IN_OPEN: Duration = Duration::from_millis(300);
+/// How long the breaker stays open after a trip (no jitter, no backoff): long
+/// enough that a slow machine finishes the checks made while it is open.
+const WAIT_IN_OPEN: Duration = Duration::from_secs(2);
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 type Guarded = CircuitBreaker<HttpClient, HttpClassifier>;

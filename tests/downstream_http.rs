@@ -57,7 +57,7 @@ async fn server() -> (String, Counts) {
             "/slow-once",
             get(|State(c): State<Counts>| async move {
                 if c.slow.fetch_add(1, Ordering::SeqCst) == 0 {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
                 }
                 "done"
             }),
@@ -156,7 +156,7 @@ async fn the_deadline_travels_to_the_server_and_a_late_attempt_is_not_sent() {
     let (base, counts) = server().await;
     let stack = Downstream::builder("e2e-deadline")
         .http()
-        .total_timeout(Duration::from_millis(800))
+        .total_timeout(Duration::from_secs(2))
         .min_remaining(Duration::from_millis(20))
         .build()
         .unwrap();
@@ -178,7 +178,7 @@ async fn the_deadline_travels_to_the_server_and_a_late_attempt_is_not_sent() {
         .parse()
         .expect("a deadline header");
     assert!(
-        (500..=800).contains(&sent),
+        (1000..=2000).contains(&sent),
         "the server was told {sent} ms were left"
     );
 
@@ -216,9 +216,9 @@ async fn a_hung_attempt_is_cut_by_the_per_try_timeout_and_retried() {
     let (base, counts) = server().await;
     let stack = Downstream::builder("e2e-timeout")
         .http()
-        .total_timeout(Duration::from_secs(3))
+        .total_timeout(Duration::from_secs(10))
         .retry(quick_retry())
-        .timeout(Duration::from_millis(200))
+        .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
     let mut svc = stack.layer(client());
@@ -233,7 +233,7 @@ async fn a_hung_attempt_is_cut_by_the_per_try_timeout_and_retried() {
     assert_eq!(res.status(), 200);
     assert_eq!(counts.slow.load(Ordering::SeqCst), 2);
     assert!(
-        start.elapsed() < Duration::from_secs(2),
+        start.elapsed() < Duration::from_secs(5),
         "did not wait for the hung attempt"
     );
 

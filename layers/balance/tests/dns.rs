@@ -171,7 +171,9 @@ async fn a_records_are_followed_and_kept_while_dns_is_down() {
         .unwrap();
         Balance::builder("inventory").build(source, make).unwrap()
     });
-    balance.wait_for_endpoints(2).await;
+    tokio::time::timeout(Duration::from_secs(5), balance.wait_for_endpoints(2))
+        .await
+        .expect("both A records resolved within 5 s");
     let ip = |last: u8| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last));
     assert_eq!(ports(&balance), vec![(ip(11), 8080), (ip(12), 8080)]);
 

@@ -27,6 +27,10 @@ use tower::{Service, ServiceExt};
 
 type Req = http::Request<Full<Bytes>>;
 
+/// The tests here measure real latencies on a 2-core machine: run one at a time, so
+/// that no test's replicas slow down because another's are busy.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Replica {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
@@ -133,6 +137,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erroring_replica_is_ejected_quickly_and_then_gets_almost_nothing() {
+    let _serial = SERIAL.lock().await;
     let replicas = [replica(1).await, replica(1).await, replica(1).await];
     let bad = &replicas[0];
     bad.failing.store(true, Ordering::SeqCst);
@@ -203,6 +208,7 @@ async fn an_erroring_replica_is_ejected_quickly_and_then_gets_almost_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_times_slower_replica_gets_under_ten_percent() {
+    let _serial = SERIAL.lock().await;
     let replicas = [replica(4).await, replica(4).await, replica(40).await];
     let registry = Registry::new();
     let _guards: Vec<_> = replicas
@@ -237,6 +243,7 @@ async fn a_ten_times_slower_replica_gets_under_ten_percent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_is_routed_around_and_retry_hides_it() {
+    let _serial = SERIAL.lock().await;
     let mut replicas = vec![replica(2).await, replica(2).await, replica(2).await];
     let registry = Registry::new();
     let _guards: Vec<_> = replicas
