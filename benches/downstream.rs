@@ -5,6 +5,9 @@
 //! (as a network call is), so every timer is made.
 //!
 //! `cargo bench -p palisade-benches --bench downstream`
+//!
+//! With `PALISADE_BENCH_NO_RECORDER=1` no recorder is installed, so every metric is
+//! a no-op: the difference between the two runs is what the metrics cost.
 
 use std::time::Duration;
 
@@ -24,8 +27,11 @@ const HUGE: u32 = 1_000_000_000;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn stacks(c: &mut Criterion) {
-    // Metrics on, as in production: every layer records into this recorder.
-    let _handle = palisade::metrics::install_prometheus_recorder().expect("recorder installs");
+    // Metrics on, as in production: every layer records into this recorder (unless
+    // the run measures the stack without it).
+    let _handle = std::env::var_os("PALISADE_BENCH_NO_RECORDER")
+        .is_none()
+        .then(|| palisade::metrics::install_prometheus_recorder().expect("recorder installs"));
 
     let single_rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -43,6 +49,18 @@ fn stacks(c: &mut Criterion) {
     let palisade_pending = single_rt.block_on(async { palisade_stack(inner_pending()) });
     let tower_resilience_pending =
         single_rt.block_on(async { tower_resilience_stack(inner_pending()) });
+
+    // The size of the stack's response future (what each call builds and moves).
+    single_rt.block_on(async {
+        use tower::{Service, ServiceExt};
+        let mut svc = palisade.clone();
+        let call = svc.ready().await.expect("ready").call(1);
+        eprintln!(
+            "palisade's response future: {} bytes",
+            std::mem::size_of_val(&call)
+        );
+        call.await.expect("answered");
+    });
 
     let mut group = timed_group(c, "downstream_single");
     single(&mut group, &single_rt, "raw", &inner());
