@@ -346,7 +346,7 @@ async fn separate_processes_find_each_other_in_etcd_and_follow_replicas_that_com
     processes.terminate("gateway").await;
     let took = until(
         "the stopped gateway's key to go",
-        Duration::from_secs(3),
+        Duration::from_secs(5),
         || registered(&gateways).is_empty(),
     )
     .await;

@@ -98,21 +98,23 @@ async fn registrations_appear_and_a_dead_registrant_leaves_within_its_lease() {
     tokio::time::sleep(ttl * 2).await;
     assert_eq!(addrs(&balance), vec![addr(9101), addr(9102)]);
 
-    // The first registrant dies: its lease expires and the endpoint goes.
+    // The first registrant dies: its lease expires and the endpoint goes, within
+    // the TTL and what etcd takes to notice (it looks for expired leases every
+    // 500 ms, then commits the deletion to disk) and tell the watcher.
     first.abandon();
     let took = until(
         "the dead registrant to leave",
-        ttl + Duration::from_secs(2),
+        ttl + Duration::from_secs(3),
         || addrs(&balance) == vec![addr(9102)],
     )
     .await;
-    assert!(took <= ttl + Duration::from_secs(1), "took {took:?}");
+    assert!(took <= ttl + Duration::from_secs(2), "took {took:?}");
 
     // A clean shutdown revokes the lease: gone at once.
     drop(second);
     until(
         "the revoked registration to leave",
-        Duration::from_secs(1),
+        Duration::from_secs(3),
         || addrs(&balance).is_empty(),
     )
     .await;
@@ -128,7 +130,7 @@ async fn registrations_appear_and_a_dead_registrant_leaves_within_its_lease() {
     third.deregister().await.unwrap();
     until(
         "the deregistered key to leave",
-        Duration::from_secs(1),
+        Duration::from_secs(3),
         || addrs(&balance).is_empty(),
     )
     .await;
@@ -142,21 +144,25 @@ struct OwnEtcd {
     peer: u16,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Two distinct ports nothing listens on now (both held while they are picked, so
+/// the system cannot hand out the same one twice).
+fn free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, b) = (bind(), bind());
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 impl OwnEtcd {
     fn start() -> Self {
+        let (client, peer) = free_ports();
         let mut etcd = OwnEtcd {
             child: None,
             dir: tempfile::tempdir().unwrap(),
-            client: free_port(),
-            peer: free_port(),
+            client,
+            peer,
         };
         etcd.spawn();
         etcd
