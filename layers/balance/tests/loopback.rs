@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,22 +35,20 @@ struct Replica {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     failing: Arc<AtomicBool>,
-    delay_ms: Arc<AtomicU64>,
     server: tokio::task::JoinHandle<()>,
 }
 
 async fn replica(delay_ms: u64) -> Replica {
     let hits = Arc::new(AtomicUsize::new(0));
     let failing = Arc::new(AtomicBool::new(false));
-    let delay = Arc::new(AtomicU64::new(delay_ms));
-    let (h, f, d) = (hits.clone(), failing.clone(), delay.clone());
+    let (h, f) = (hits.clone(), failing.clone());
     let app = Router::new().route(
         "/item",
         get(move || {
-            let (h, f, d) = (h.clone(), f.clone(), d.clone());
+            let (h, f) = (h.clone(), f.clone());
             async move {
                 h.fetch_add(1, Ordering::SeqCst);
-                let ms = d.load(Ordering::SeqCst);
+                let ms = delay_ms;
                 if ms > 0 {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                 }
@@ -71,7 +69,6 @@ async fn replica(delay_ms: u64) -> Replica {
         addr,
         hits,
         failing,
-        delay_ms: delay,
         server,
     }
 }
