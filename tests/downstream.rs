@@ -292,6 +292,28 @@ async fn calls_refused_for_their_deadline_do_not_open_the_breaker() {
         palisade::breaker::State::Closed
     );
     assert_eq!(svc.ready().await.unwrap().call("x").await.unwrap(), 0);
+
+    // Negative control: three calls the downstream fails do open the same breaker.
+    let failing = Endpoint::failing();
+    let stack = Downstream::builder("late-breaker-control")
+        .min_remaining(Duration::from_millis(20))
+        .breaker(BreakerConfig {
+            consecutive_failures: Some(3),
+            ..BreakerConfig::default()
+        })
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let handle = stack.handle();
+    let mut svc = stack.layer(failing.clone());
+    for _ in 0..3 {
+        svc.ready().await.unwrap().call("x").await.unwrap_err();
+    }
+    assert_eq!(failing.calls(), 3);
+    assert_eq!(
+        handle.breaker().unwrap().state(),
+        palisade::breaker::State::Open
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -357,8 +379,8 @@ async fn a_hedge_the_bulkhead_refuses_does_not_end_the_call() {
     assert_eq!(start.elapsed(), Duration::from_millis(200));
     assert_eq!(endpoint.calls(), 1, "the refused hedge was never sent");
 
-    // Negative control: without a hedge layer in the way, the same bulkhead
-    // refuses a second call at once (the refusal is real).
+    // Negative control: a second caller (not a hedge) is refused by the same
+    // bulkhead at once: the refusal the hedge met is real.
     let stack = hedged(0);
     let handle = stack.handle();
     let svc = stack.layer(Endpoint::new(|_| (Duration::from_millis(200), true)));
@@ -435,7 +457,14 @@ async fn a_hung_attempt_gives_its_bulkhead_permit_back() {
         .unwrap();
     let handle = stack.handle();
     let mut svc = stack.layer(endpoint.clone());
-    let err = svc.ready().await.unwrap().call("x").await.unwrap_err();
+    let hung = tokio::spawn(svc.clone().oneshot("x"));
+    tokio::task::yield_now().await;
+    assert_eq!(
+        handle.bulkhead().unwrap().in_flight(),
+        1,
+        "the hung attempt holds the permit"
+    );
+    let err = hung.await.unwrap().unwrap_err();
     assert_eq!(kind(&err), Some(RejectionKind::Timeout));
     assert_eq!(
         handle.bulkhead().unwrap().in_flight(),

@@ -227,31 +227,37 @@ async fn a_dead_downstream_earns_only_the_budget_floor() {
 
 #[tokio::test(start_paused = true)]
 async fn successes_fund_retries_for_sporadic_failures() {
-    let layer = RetryLayer::builder("t")
-        .max_attempts(3)
-        .backoff(exponential(1))
-        .budget(BudgetConfig {
-            deposit_ratio: 0.5,
-            min_retries_per_sec: 0,
-            max_balance: 100,
-        })
-        .without_metrics()
-        .build()
-        .unwrap();
-    let calls = Arc::new(AtomicU32::new(0));
-    let counter = calls.clone();
-    // Every 4th attempt fails.
-    let svc = layer.layer(tower::service_fn(move |_: ()| {
-        let n = counter.fetch_add(1, Ordering::SeqCst);
-        async move { if n % 4 == 3 { Err(io_error()) } else { Ok(()) } }
-    }));
-    let mut failed = 0;
-    for _ in 0..1_000 {
-        if svc.clone().oneshot(()).await.is_err() {
-            failed += 1;
+    /// Calls of 1,000 that fail, through a budget that deposits `ratio` per success
+    /// (and has no floor), when every 4th attempt fails.
+    async fn failed_calls(ratio: f64) -> u32 {
+        let layer = RetryLayer::builder("t")
+            .max_attempts(3)
+            .backoff(exponential(1))
+            .budget(BudgetConfig {
+                deposit_ratio: ratio,
+                min_retries_per_sec: 0,
+                max_balance: 100,
+            })
+            .without_metrics()
+            .build()
+            .unwrap();
+        let counter = Arc::new(AtomicU32::new(0));
+        let svc = layer.layer(tower::service_fn(move |_: ()| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move { if n % 4 == 3 { Err(io_error()) } else { Ok(()) } }
+        }));
+        let mut failed = 0;
+        for _ in 0..1_000 {
+            if svc.clone().oneshot(()).await.is_err() {
+                failed += 1;
+            }
         }
+        failed
     }
-    assert_eq!(failed, 0);
+    assert_eq!(failed_calls(0.5).await, 0);
+    // Negative control: successes that deposit nothing fund no retry, and every
+    // failed attempt is a failed call.
+    assert_eq!(failed_calls(0.0).await, 250);
 }
 
 #[tokio::test(start_paused = true)]
