@@ -377,7 +377,8 @@ fn route(
             ),
             Route::Order => String::new(),
         };
-        // CPU per request over the timed samples only (not criterion's analysis).
+        // CPU per request over every batch criterion timed, its warm-up included (not
+        // its analysis).
         // Under a second of CPU (a test run) says nothing at a tick's resolution.
         let timed = after.timed - before.timed;
         let ticks = after.cpu_ticks - before.cpu_ticks;
