@@ -265,18 +265,22 @@ async fn a_call_that_cannot_finish_in_time_is_not_sent() {
 
 #[tokio::test(start_paused = true)]
 async fn calls_refused_for_their_deadline_do_not_open_the_breaker() {
+    // A breaker that opens after three failures in a row.
+    let stack = |name| {
+        Downstream::builder(name)
+            .min_remaining(Duration::from_millis(20))
+            .breaker(BreakerConfig {
+                consecutive_failures: Some(3),
+                ..BreakerConfig::default()
+            })
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap()
+    };
     let endpoint = Endpoint::new(|_| (Duration::ZERO, true));
-    let stack = Downstream::builder("late-breaker")
-        .min_remaining(Duration::from_millis(20))
-        .breaker(BreakerConfig {
-            consecutive_failures: Some(3),
-            ..BreakerConfig::default()
-        })
-        .timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let handle = stack.handle();
-    let mut svc = stack.layer(endpoint.clone());
+    let guarded = stack("late-breaker");
+    let handle = guarded.handle();
+    let mut svc = guarded.layer(endpoint.clone());
     // Callers whose deadlines are nearly spent: each call is refused unsent.
     for _ in 0..5 {
         let err = Deadline::after(Duration::from_millis(15))
@@ -295,17 +299,9 @@ async fn calls_refused_for_their_deadline_do_not_open_the_breaker() {
 
     // Negative control: three calls the downstream fails do open the same breaker.
     let failing = Endpoint::failing();
-    let stack = Downstream::builder("late-breaker-control")
-        .min_remaining(Duration::from_millis(20))
-        .breaker(BreakerConfig {
-            consecutive_failures: Some(3),
-            ..BreakerConfig::default()
-        })
-        .timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let handle = stack.handle();
-    let mut svc = stack.layer(failing.clone());
+    let control = stack("late-breaker-control");
+    let handle = control.handle();
+    let mut svc = control.layer(failing.clone());
     for _ in 0..3 {
         svc.ready().await.unwrap().call("x").await.unwrap_err();
     }
