@@ -203,37 +203,54 @@ pub struct Finding {
     pub problem: Option<String>,
 }
 
+/// What [`check`] found: a finding per query it sent, and the queries it left out.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    /// One per query sent.
+    pub findings: Vec<Finding>,
+    /// Queries that read a metric of the demo's own, left out (`skip_demo`).
+    pub demo_skipped: usize,
+    /// Queries that read no metric at all (a dashboard variable drawn as a line):
+    /// they always return data, so they prove nothing.
+    pub constants: usize,
+}
+
+/// A trailing fallback that makes an empty result a zero line: left off when
+/// checking, so that the series under it must exist.
+const OR_ZERO: &str = " or vector(0)";
+
 /// Runs every query of `dashboard` over `range` and reports, per query, whether it
-/// returned a series with at least one finite value. Queries that read a metric of
-/// [`DEMO_CONTRACT`] are left out when `skip_demo` is set (the target is not the order
-/// demo, so it has none of the demo's own series); the number left out is returned too.
+/// returned a series with at least one finite value. A trailing `or vector(0)` is
+/// left off, and queries that read no metric are counted, not sent. Queries that read
+/// a metric of [`DEMO_CONTRACT`] are left out when `skip_demo` is set (the target is
+/// not the order demo, so it has none of the demo's own series).
 pub async fn check(
     prometheus: &Prometheus,
     dashboard: &Value,
     range: &Range,
     skip_demo: bool,
-) -> (Vec<Finding>, usize) {
+) -> Checked {
     let demo = Catalog::from_contract(DEMO_CONTRACT).unwrap_or_default();
-    let mut findings = Vec::new();
-    let mut skipped = 0;
+    let mut checked = Checked::default();
     for q in queries(dashboard) {
-        if skip_demo {
-            let reads_demo = crate::check::parse(dashboard, &q.expr)
-                .map(|e| {
-                    crate::check::metric_names(&e)
-                        .iter()
-                        .any(|n| demo.resolve(n).is_some())
-                })
-                .unwrap_or(false);
-            if reads_demo {
-                skipped += 1;
-                continue;
-            }
+        let parsed = crate::check::parse(dashboard, &q.expr);
+        let names = parsed
+            .as_ref()
+            .map(crate::check::metric_names)
+            .unwrap_or_default();
+        if parsed.is_ok() && names.is_empty() {
+            checked.constants += 1;
+            continue;
         }
-        let expr = match live_expr(dashboard, &q.expr, range) {
+        if skip_demo && names.iter().any(|n| demo.resolve(n).is_some()) {
+            checked.demo_skipped += 1;
+            continue;
+        }
+        let sent = q.expr.strip_suffix(OR_ZERO).unwrap_or(&q.expr);
+        let expr = match live_expr(dashboard, sent, range) {
             Ok(expr) => expr,
             Err(e) => {
-                findings.push(Finding {
+                checked.findings.push(Finding {
                     title: q.title,
                     expr: q.expr,
                     problem: Some(e),
@@ -252,13 +269,13 @@ pub async fn check(
             }
             Ok(_) => None,
         };
-        findings.push(Finding {
+        checked.findings.push(Finding {
             title: q.title,
             expr,
             problem,
         });
     }
-    (findings, skipped)
+    checked
 }
 
 fn has_finite(s: &Series) -> bool {

@@ -125,13 +125,18 @@ async fn run(args: Args) -> Result<bool, String> {
     if args.check {
         for (file, _) in render::KEY_PANELS {
             let dashboard = read_dashboard(file)?;
-            let (findings, skipped) =
-                render::check(&prometheus, &dashboard, &range, args.skip_demo).await;
-            let failed: Vec<_> = findings.iter().filter(|f| f.problem.is_some()).collect();
+            let checked = render::check(&prometheus, &dashboard, &range, args.skip_demo).await;
+            let failed: Vec<_> = checked
+                .findings
+                .iter()
+                .filter(|f| f.problem.is_some())
+                .collect();
             println!(
-                "{file}: {} queries returned data, {} did not, {skipped} skipped (the demo's own metrics)",
-                findings.len() - failed.len(),
-                failed.len()
+                "{file}: {} queries returned data, {} did not, {} skipped (the demo's own metrics), {} constant lines not sent",
+                checked.findings.len() - failed.len(),
+                failed.len(),
+                checked.demo_skipped,
+                checked.constants
             );
             for f in failed {
                 ok = false;
