@@ -2,9 +2,11 @@
 //! downstream's retry layer.
 //!
 //! Each success deposits `deposit_ratio` of a token; each retry withdraws one whole
-//! token. When the balance is empty, a small floor of `min_retries_per_sec` retries a
-//! second is still allowed, so a quiet service can retry at all. The balance is
-//! capped at `max_balance`, so a long healthy period cannot fund a retry storm later.
+//! token, given back if the retry is never sent (its service fails to get ready, a
+//! layer below refuses it, or the caller gives up during the backoff). When the
+//! balance is empty, a small floor of `min_retries_per_sec` retries a second is still
+//! allowed, so a quiet service can retry at all. The balance is capped at
+//! `max_balance`, so a long healthy period cannot fund a retry storm later.
 //!
 //! Why not a rate-of-requests budget: it lets every hop of a chain retry a fraction
 //! of what it receives, and those fractions compound. Funding retries from successes
@@ -12,6 +14,7 @@
 //!
 //! The healthy steady state (balance full) costs one atomic load per success.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
@@ -64,6 +67,28 @@ impl BudgetConfig {
     }
 }
 
+/// Where a retry's token came from: the balance, or the floor of one second. Four
+/// bytes, never zero, so that a retry's response future carries an
+/// `Option<Token>` in the room of a `u32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Token(NonZeroU32);
+
+impl Token {
+    const BALANCE: Token = Token(NonZeroU32::MIN);
+    /// Set in a floor token, whose other 31 bits are the low bits of its second.
+    const FLOOR: u32 = 1 << 31;
+
+    fn floor(second: u64) -> Token {
+        // Never zero: the floor bit is set.
+        NonZeroU32::new(Self::FLOOR | (second as u32 & !Self::FLOOR)).map_or(Token::BALANCE, Token)
+    }
+
+    /// Whether a floor token was taken in `second` (compared on 31 bits: 68 years).
+    fn taken_in(self, second: u64) -> bool {
+        self.0.get() & Self::FLOOR != 0 && self == Token::floor(second)
+    }
+}
+
 /// A success-funded token bucket for retries; see the [module docs](self).
 #[derive(Debug)]
 pub struct RetryBudget {
@@ -113,6 +138,12 @@ impl RetryBudget {
 
     /// Takes one retry's worth; `false` when the budget refuses.
     pub fn withdraw(&self) -> bool {
+        self.take().is_some()
+    }
+
+    /// Takes one retry's worth, saying where it came from so that it can be given
+    /// back if the retry is never sent; `None` when the budget refuses.
+    pub(crate) fn take(&self) -> Option<Token> {
         let mut current = self.balance.load(Ordering::Relaxed);
         while current >= TOKEN {
             match self.balance.compare_exchange_weak(
@@ -121,33 +152,71 @@ impl RetryBudget {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return true,
+                Ok(_) => return Some(Token::BALANCE),
                 Err(actual) => current = actual,
             }
         }
-        self.withdraw_floor()
+        self.take_floor()
     }
 
-    fn withdraw_floor(&self) -> bool {
+    fn take_floor(&self) -> Option<Token> {
         if self.min_per_sec == 0 {
-            return false;
+            return None;
         }
-        let second = self.clock.now_nanos() / 1_000_000_000;
+        let second = (self.clock.now_nanos() / 1_000_000_000) & 0xFFFF_FFFF;
         let mut current = self.floor.load(Ordering::Relaxed);
         loop {
             let (at, used) = (current >> 32, current & 0xFFFF_FFFF);
-            let used = if at == second & 0xFFFF_FFFF { used } else { 0 };
+            let used = if at == second { used } else { 0 };
             if used >= self.min_per_sec {
-                return false;
+                return None;
             }
-            let next = ((second & 0xFFFF_FFFF) << 32) | (used + 1);
+            let next = (second << 32) | (used + 1);
             match self.floor.compare_exchange_weak(
                 current,
                 next,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return true,
+                Ok(_) => return Some(Token::floor(second)),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Gives back a token whose retry was never sent (its service failed to get
+    /// ready, or a layer below refused it): to the balance (up to its cap), or to the
+    /// floor of the second it was taken in, if that second is still running.
+    pub(crate) fn give_back(&self, token: Token) {
+        if token == Token::BALANCE {
+            let mut current = self.balance.load(Ordering::Relaxed);
+            while current < self.max_balance {
+                let next = (current + TOKEN).min(self.max_balance);
+                match self.balance.compare_exchange_weak(
+                    current,
+                    next,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return,
+                    Err(actual) => current = actual,
+                }
+            }
+            return;
+        }
+        let mut current = self.floor.load(Ordering::Relaxed);
+        loop {
+            let (at, used) = (current >> 32, current & 0xFFFF_FFFF);
+            if !token.taken_in(at) || used == 0 {
+                return;
+            }
+            match self.floor.compare_exchange_weak(
+                current,
+                current - 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
                 Err(actual) => current = actual,
             }
         }
@@ -186,6 +255,46 @@ mod tests {
         assert!(b.withdraw());
         assert!(b.withdraw());
         assert!(!b.withdraw());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_given_back_return_where_they_came_from() {
+        // From the balance, up to its cap.
+        let b = budget(1.0, 1, 2);
+        b.deposit();
+        let token = b.take().unwrap();
+        assert_eq!(token, Token::BALANCE);
+        assert_eq!(b.balance(), 0.0);
+        b.give_back(token);
+        assert_eq!(b.balance(), 1.0);
+        b.deposit();
+        b.give_back(token);
+        assert_eq!(b.balance(), 2.0, "never past the cap");
+
+        // From the floor, while its second runs.
+        let b = budget(1.0, 1, 1);
+        let token = b.take().unwrap();
+        assert_ne!(token, Token::BALANCE);
+        assert!(b.take().is_none(), "the floor allows one a second");
+        b.give_back(token);
+        let again = b.take().unwrap();
+        assert!(b.take().is_none());
+        // A second later the floor is full again: a late give-back adds nothing.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        b.give_back(again);
+        assert!(b.take().is_some());
+        assert!(b.take().is_none());
+        assert_eq!(b.balance(), 0.0);
+    }
+
+    #[test]
+    fn floor_tokens_never_look_like_balance_tokens() {
+        for second in [0, 1, u64::from(u32::MAX), 1 << 31, (1 << 31) - 1] {
+            let token = Token::floor(second);
+            assert_ne!(token, Token::BALANCE, "second {second}");
+            assert!(token.taken_in(second));
+            assert!(!token.taken_in(second + 1));
+        }
     }
 
     #[tokio::test(start_paused = true)]

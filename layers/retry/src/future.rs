@@ -6,18 +6,19 @@ use std::time::Duration;
 
 use palisade_core::lanes::Lane;
 use palisade_core::{BoxError, Classify, Error, Outcome};
-use pin_project::pin_project;
+use pin_project::{pin_project, pinned_drop};
 use tokio::time::Sleep;
 use tower_service::Service;
 
+use crate::budget::Token;
 use crate::hop;
 use crate::metrics::CallOutcome;
 use crate::protocol::Protocol;
-use crate::service::{Core, Decision, Finish, Shared};
+use crate::service::{Core, Decision, Finish, Shared, refused_unsent};
 
 /// The response future of [`Retry`](crate::Retry): attempts, backoff waits and the
 /// final answer, as one state machine.
-#[pin_project]
+#[pin_project(PinnedDrop)]
 pub struct ResponseFuture<S, Req, P, C>
 where
     S: Service<Req>,
@@ -33,6 +34,9 @@ where
     /// The request of the attempt about to be sent (between backoff and call).
     pending: Option<Req>,
     attempt: u32,
+    /// The budget's token that pays for the retry in progress, given back if that
+    /// retry is never sent.
+    token: Option<Token>,
     previous_delay: Duration,
     core: Arc<Lane<Core<Shared, S>>>,
     protocol: P,
@@ -82,11 +86,29 @@ where
             replay,
             pending: None,
             attempt: 1,
+            token: None,
             previous_delay: Duration::ZERO,
             core,
             protocol,
             classify,
             state: State::Calling { future: call() },
+        }
+    }
+}
+
+#[pinned_drop]
+impl<S, Req, P, C> PinnedDrop for ResponseFuture<S, Req, P, C>
+where
+    S: Service<Req>,
+{
+    fn drop(self: Pin<&mut Self>) {
+        let mut this = self.project();
+        // Dropped while waiting out its backoff or getting ready: the retry was
+        // never sent, and its token goes back.
+        if let Some(token) = this.token.take()
+            && !matches!(this.state.as_mut().project(), StateProj::Calling { .. })
+        {
+            this.core.shared.budget.give_back(token);
         }
     }
 }
@@ -116,6 +138,13 @@ where
                         }
                         return Poll::Ready(result.map_err(Error::from_service));
                     }
+                    // The retry just answered spent its token, unless a layer below
+                    // refused to send it.
+                    if let Some(token) = this.token.take()
+                        && result.as_ref().is_err_and(refused_unsent)
+                    {
+                        this.core.shared.budget.give_back(token);
+                    }
                     let decision = this.core.shared.decide::<Req, _, _, _>(
                         this.protocol,
                         outcome,
@@ -129,7 +158,8 @@ where
                             finish_call(&this.core.shared, finish, *this.attempt);
                             return Poll::Ready(result.map_err(Error::from_service));
                         }
-                        Decision::Retry(delay, reason) => {
+                        Decision::Retry(delay, reason, token) => {
+                            *this.token = Some(token);
                             if let Some(m) = &this.core.shared.metrics {
                                 m.retries.get(reason).increment(1);
                             }
@@ -155,6 +185,10 @@ where
                     let core = &this.core;
                     let service = this.service.get_or_insert_with(|| Box::new(core.service()));
                     if let Err(e) = ready!(service.poll_ready(cx)) {
+                        // Never sent: its token goes back.
+                        if let Some(token) = this.token.take() {
+                            this.core.shared.budget.give_back(token);
+                        }
                         finish_call(
                             &this.core.shared,
                             Finish::GaveUp(crate::metrics::GiveUp::NotRetryable),

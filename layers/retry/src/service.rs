@@ -4,11 +4,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use palisade_core::lanes::Lanes;
-use palisade_core::{BoxError, Classify, Deadline, Error, Name, Outcome, rejection_of};
+use palisade_core::{
+    BoxError, Classify, Deadline, Error, Name, Outcome, RejectionKind, rejection_of,
+};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::budget::RetryBudget;
+use crate::budget::{RetryBudget, Token};
 use crate::config::RetryConfig;
 use crate::future::ResponseFuture;
 use crate::layer::RetryIf;
@@ -58,8 +60,8 @@ impl Jitter {
 pub(crate) enum Decision {
     /// Return this result: it succeeded, or was ignored.
     Done(Finish),
-    /// Wait this long, then try again.
-    Retry(Duration, RetryReason),
+    /// Wait this long, then try again, with this token from the budget.
+    Retry(Duration, RetryReason, Token),
 }
 
 /// How a call ended without (another) retry.
@@ -68,6 +70,18 @@ pub(crate) enum Finish {
     Success,
     Ignored,
     GaveUp(GiveUp),
+}
+
+/// Whether an attempt's error says a layer below refused it before it was sent
+/// (its retry token is then given back). A try that timed out, or a deadline that
+/// cut a call off, went out.
+pub(crate) fn refused_unsent<E: 'static>(err: &E) -> bool {
+    rejection_of(err).is_some_and(|r| {
+        !matches!(
+            r.kind(),
+            RejectionKind::Timeout | RejectionKind::DeadlineExceeded
+        )
+    })
 }
 
 impl Shared {
@@ -146,13 +160,13 @@ impl Shared {
         {
             return give_up(GiveUp::Deadline);
         }
-        if !self.budget.withdraw() {
+        let Some(token) = self.budget.take() else {
             if let Some(m) = &self.metrics {
                 m.budget_exhausted.increment(1);
             }
             return give_up(GiveUp::Budget);
-        }
-        Decision::Retry(delay, RetryReason::of(reason, rejected))
+        };
+        Decision::Retry(delay, RetryReason::of(reason, rejected), token)
     }
 }
 

@@ -199,6 +199,101 @@ async fn backoff_never_sleeps_past_the_deadline() {
     assert_eq!(start.elapsed(), Duration::from_millis(300));
 }
 
+/// A retry layer of 3 attempts whose budget holds `tokens` tokens (and no floor).
+fn funded(tokens: u32) -> RetryLayer {
+    let layer = RetryLayer::builder("t")
+        .max_attempts(3)
+        .backoff(exponential(10))
+        .budget(BudgetConfig {
+            deposit_ratio: 1.0,
+            min_retries_per_sec: 0,
+            max_balance: 10,
+        })
+        .without_metrics()
+        .build()
+        .unwrap();
+    for _ in 0..tokens {
+        layer.budget().deposit();
+    }
+    layer
+}
+
+/// Fails its first call with an I/O error (sent, failed); then `after` decides.
+#[derive(Clone)]
+struct FirstFails {
+    calls: Arc<AtomicU32>,
+    /// Later calls: refused by a layer below (`true`) or failed after sending.
+    refused: bool,
+    /// Later readiness fails.
+    unready: bool,
+}
+
+impl Service<()> for FirstFails {
+    type Response = ();
+    type Error = Error;
+    type Future = std::future::Ready<Result<(), Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Error>> {
+        std::task::Poll::Ready(if self.unready && self.calls.load(Ordering::SeqCst) > 0 {
+            Err(Error::Inner("connection pool closed".into()))
+        } else {
+            Ok(())
+        })
+    }
+
+    fn call(&mut self, _: ()) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Err(if n > 0 && self.refused {
+            Error::Rejected(Rejection::new(RejectionKind::BulkheadFull))
+        } else {
+            io_error()
+        }))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_that_are_never_sent_give_their_tokens_back() {
+    let first_fails = |refused, unready| FirstFails {
+        calls: Arc::default(),
+        refused,
+        unready,
+    };
+    // The retry's service fails to get ready after the backoff.
+    let layer = funded(3);
+    let inner = first_fails(false, true);
+    layer.layer(inner.clone()).oneshot(()).await.unwrap_err();
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(layer.budget().balance(), 3.0);
+
+    // The retry is refused by a layer below (a full bulkhead): a local decision,
+    // which ends the call.
+    let layer = funded(3);
+    let inner = first_fails(true, false);
+    let err = layer.layer(inner.clone()).oneshot(()).await.unwrap_err();
+    assert_eq!(
+        err.rejection().map(|r| r.kind()),
+        Some(RejectionKind::BulkheadFull)
+    );
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(layer.budget().balance(), 3.0);
+
+    // The caller gives up during the backoff.
+    let layer = funded(3);
+    let call = tokio::spawn(layer.layer(first_fails(false, false)).oneshot(()));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(layer.budget().balance(), 2.0, "the retry's token is taken");
+    call.abort();
+    let _ = call.await;
+    assert_eq!(layer.budget().balance(), 3.0);
+
+    // Negative control: retries that are sent and fail spend their tokens.
+    let layer = funded(3);
+    let inner = first_fails(false, false);
+    layer.layer(inner.clone()).oneshot(()).await.unwrap_err();
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(layer.budget().balance(), 1.0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_dead_downstream_earns_only_the_budget_floor() {
     let layer = RetryLayer::builder("t")
