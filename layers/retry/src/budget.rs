@@ -118,12 +118,17 @@ impl RetryBudget {
     /// Records a success.
     #[inline]
     pub fn deposit(&self) {
+        if self.deposit != 0 {
+            self.credit(self.deposit);
+        }
+    }
+
+    /// Adds `amount` milli-tokens to the balance, up to its cap (one load when full).
+    #[inline]
+    fn credit(&self, amount: i64) {
         let mut current = self.balance.load(Ordering::Relaxed);
-        loop {
-            if current >= self.max_balance || self.deposit == 0 {
-                return;
-            }
-            let next = (current + self.deposit).min(self.max_balance);
+        while current < self.max_balance {
+            let next = (current + amount).min(self.max_balance);
             match self.balance.compare_exchange_weak(
                 current,
                 next,
@@ -189,19 +194,7 @@ impl RetryBudget {
     /// floor of the second it was taken in, if that second is still running.
     pub(crate) fn give_back(&self, token: Token) {
         if token == Token::BALANCE {
-            let mut current = self.balance.load(Ordering::Relaxed);
-            while current < self.max_balance {
-                let next = (current + TOKEN).min(self.max_balance);
-                match self.balance.compare_exchange_weak(
-                    current,
-                    next,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => return,
-                    Err(actual) => current = actual,
-                }
-            }
+            self.credit(TOKEN);
             return;
         }
         let mut current = self.floor.load(Ordering::Relaxed);
