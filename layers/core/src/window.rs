@@ -241,7 +241,9 @@ fn bucket_counts(word: u64) -> (u32, u32, u32) {
 /// Each bucket is tagged with the window's rotation it counts (modulo 65,536). When
 /// time moves into a bucket no call has reached yet, the buckets it passed over that
 /// still hold an older rotation are emptied, so a tag can only match the calls of its
-/// own rotation, however long the window sat idle.
+/// own rotation, however long the window sat idle. After a silence of 65,535
+/// rotations or more every bucket is emptied; calls recorded at that same moment by
+/// other threads may be emptied with them.
 #[derive(Debug)]
 pub struct TimeWindow {
     buckets: Box<[AtomicU64]>,
@@ -282,15 +284,24 @@ impl TimeWindow {
     /// an older rotation. Runs once per bucket width at most, not per call.
     #[cold]
     fn advance(&self, tick: u64) {
+        if let Some(newest) = self.claim(tick) {
+            self.sweep(newest, tick);
+        }
+    }
+
+    /// Makes `tick` the newest tick; the newest before it when this call moved it
+    /// there (its sweep is then this call's to do), `None` when another call moved
+    /// it first or this is the first call ever (every bucket is empty).
+    fn claim(&self, tick: u64) -> Option<u64> {
         let next = self
             .next_tick
             .fetch_max(tick.saturating_add(1), Ordering::AcqRel);
-        if next > tick || next == 0 {
-            // Another call moved it first, or this is the first call ever (every
-            // bucket is empty).
-            return;
-        }
-        let newest = next - 1;
+        (next != 0 && next <= tick).then(|| next - 1)
+    }
+
+    /// Empties the buckets of the ticks `(newest, tick]` that hold an older
+    /// rotation.
+    fn sweep(&self, newest: u64, tick: u64) {
         let n = self.buckets.len() as u64;
         // The tags repeat every 65,536 rotations: after a silence that long, a bucket
         // of the window just left can carry the tag of the window entered, so
@@ -303,12 +314,19 @@ impl TimeWindow {
         }
         // Otherwise every bucket holds a tick of the window `(newest - n, newest]`;
         // those the window moved past are emptied unless a call of their new tick has
-        // already started them.
+        // already started them, or a later rotation has already reached them (a call
+        // that moved the window on while this one was being swept: the bucket is that
+        // call's, and may hold its calls).
         for passed in (newest + 1).max((tick + 1).saturating_sub(n))..=tick {
             let (index, tag) = self.locate(passed);
             let bucket = &self.buckets[index];
             let mut word = bucket.load(Ordering::Acquire);
             while word != 0 && bucket_tag(word) != tag {
+                // Every call raises the newest tick before it writes to a bucket, so
+                // having read the word, this sees any newer tick that wrote it.
+                if passed + n < self.next_tick.load(Ordering::Acquire) {
+                    break;
+                }
                 match bucket.compare_exchange_weak(word, 0, Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => break,
                     Err(actual) => word = actual,
@@ -333,7 +351,7 @@ impl TimeWindow {
             | (u64::from(sample.failure) << (2 * BUCKET_FIELD))
             | (u64::from(sample.slow) << (3 * BUCKET_FIELD));
         let bucket = &self.buckets[index];
-        let mut current = bucket.load(Ordering::Relaxed);
+        let mut current = bucket.load(Ordering::Acquire);
         loop {
             let next = if bucket_tag(current) == tag && current != 0 {
                 let (calls, _, _) = bucket_counts(current);
@@ -342,10 +360,19 @@ impl TimeWindow {
                 }
                 current + add
             } else {
-                // The bucket holds an older rotation (or nothing): start it afresh.
+                // The bucket holds another rotation (or nothing). If a later one has
+                // reached it since this call read the clock (its calls raised the
+                // newest tick before writing), this reading is now older than the
+                // window: starting afresh would wipe them.
+                if tick.saturating_add(self.buckets.len() as u64)
+                    < self.next_tick.load(Ordering::Acquire)
+                {
+                    return;
+                }
+                // An older rotation: start it afresh.
                 tag | add
             };
-            match bucket.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
+            match bucket.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return,
                 Err(actual) => current = actual,
             }
@@ -554,6 +581,28 @@ mod tests {
             WindowSnapshot {
                 calls: 2,
                 failures: 2,
+                slow: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_slow_sweep_leaves_a_bucket_a_later_call_has_taken() {
+        // Four buckets, newest tick 5. A call at tick 10 moves the window (its sweep
+        // covers ticks 7..=10; tick 7 shares a bucket with tick 11) and is held up
+        // before sweeping; meanwhile a call at tick 11 moves it on and lands. The
+        // late sweep must not empty tick 11's bucket.
+        let w = TimeWindow::new(4, 1).unwrap();
+        w.record(5, OK);
+        let newest = w.claim(10).expect("the call at tick 10 moved the window");
+        w.record(11, FAIL);
+        w.sweep(newest, 10);
+        w.record(10, OK);
+        assert_eq!(
+            w.snapshot(11),
+            WindowSnapshot {
+                calls: 2,
+                failures: 1,
                 slow: 0
             }
         );
