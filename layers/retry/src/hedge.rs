@@ -8,9 +8,10 @@
 //! layer below refuses (a full bulkhead, a spent rate limit: it was never sent) does
 //! not win, and the attempts in flight go on; nor does a hedge whose service is not
 //! ready when it is due wait for it — it is not sent, and what its readiness held
-//! is let go at once. If every attempt fails, the last failure is returned. Each hedge withdraws from a retry budget — share a
-//! [`RetryLayer`](crate::RetryLayer)'s with [`HedgeBuilder::budget`] so retries and
-//! hedges together stay within one budget.
+//! is let go at once. If every attempt fails, the last failure is returned. Each
+//! hedge takes a token from a retry budget, and gives it back if a layer below
+//! refuses to send it — share a [`RetryLayer`](crate::RetryLayer)'s with
+//! [`HedgeBuilder::budget`] so retries and hedges together stay within one budget.
 //!
 //! ```
 //! use palisade_retry::{HedgeDelay, HedgeLayer, RetryLayer};
@@ -49,9 +50,9 @@ use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::budget::{BudgetConfig, RetryBudget};
+use crate::budget::{BudgetConfig, RetryBudget, Token};
 use crate::protocol::{CloneRequests, Protocol};
-use crate::service::Core;
+use crate::service::{Core, refused_unsent};
 
 /// When to send a hedge.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -475,7 +476,9 @@ where
 {
     #[pin]
     primary: Option<S::Future>,
-    hedges: Vec<Pin<Box<S::Future>>>,
+    /// Hedges in flight, each with the budget token it took (given back if a layer
+    /// below refuses to send it).
+    hedges: Vec<(Pin<Box<S::Future>>, Token)>,
     #[pin]
     timer: Option<Sleep>,
     delay: Duration,
@@ -532,8 +535,11 @@ where
         // Hedged attempts.
         let mut i = 0;
         while i < this.hedges.len() {
-            if let Poll::Ready(result) = this.hedges[i].as_mut().poll(cx) {
-                drop(this.hedges.swap_remove(i));
+            if let Poll::Ready(result) = this.hedges[i].0.as_mut().poll(cx) {
+                let (_, token) = this.hedges.swap_remove(i);
+                if result.as_ref().is_err_and(refused_unsent) {
+                    this.core.shared.budget.give_back(token);
+                }
                 if let Some(done) =
                     settle_hedge(&this.core.shared, this.classify, result, this.last_failure)
                 {
@@ -565,15 +571,20 @@ where
             let service = this.service.get_or_insert_with(|| Box::new(core.service()));
             // Readiness first, so a hedge that cannot go out spends no budget.
             let ready = matches!(service.poll_ready(cx), Poll::Ready(Ok(())));
+            let token = if ready {
+                this.core.shared.budget.take()
+            } else {
+                None
+            };
             // Not ready or broken, or no budget: no hedge now; the attempts in flight
             // decide. The service goes, with whatever its readiness holds (a queue
             // place, a probe slot, a waiter's turn), rather than keep it until the
             // call ends.
-            if !ready || !this.core.shared.budget.withdraw() {
+            let Some(token) = token else {
                 *this.service = None;
                 this.timer.set(None);
                 break;
-            }
+            };
             *this.hedges_left -= 1;
             // Keep the copy for a further hedge while one may follow.
             let req = if *this.hedges_left > 0 {
@@ -583,6 +594,7 @@ where
             };
             let Some(req) = req else {
                 // Made ready for a call that will not come: let its capacity go.
+                this.core.shared.budget.give_back(token);
                 *this.service = None;
                 this.timer.set(None);
                 break;
@@ -591,6 +603,9 @@ where
             let mut fut = Box::pin(service.call(req));
             match fut.as_mut().poll(cx) {
                 Poll::Ready(result) => {
+                    if result.as_ref().is_err_and(refused_unsent) {
+                        this.core.shared.budget.give_back(token);
+                    }
                     if let Some(done) =
                         settle_hedge(&this.core.shared, this.classify, result, this.last_failure)
                     {
@@ -598,7 +613,7 @@ where
                         return Poll::Ready(done.map_err(Error::from_service));
                     }
                 }
-                Poll::Pending => this.hedges.push(fut),
+                Poll::Pending => this.hedges.push((fut, token)),
             }
             if *this.hedges_left > 0 && this.replay.is_some() {
                 // The delay is at most an hour (checked when built).

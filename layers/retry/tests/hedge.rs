@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use palisade_core::Error;
+use palisade_core::{Error, Rejection, RejectionKind};
 use palisade_retry::{BudgetConfig, HedgeDelay, HedgeLayer, RetryBudget};
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
@@ -116,6 +116,56 @@ async fn up_to_n_hedges_then_the_fastest_wins() {
     assert_eq!(start.elapsed(), Duration::from_millis(120));
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(cancelled.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_refused_below_gives_its_token_back() {
+    // The primary answers after 200 ms; the hedge, due at 50 ms, is refused by a
+    // layer below (a full bulkhead) and never sent.
+    let funds = budget(false);
+    for _ in 0..3 {
+        funds.deposit();
+    }
+    let layer = HedgeLayer::builder("h")
+        .delay(HedgeDelay::Fixed(Duration::from_millis(50)))
+        .max_hedges(1)
+        .budget(funds.clone())
+        .without_metrics()
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let refusing = tower::service_fn(move |_: ()| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(0)
+            } else {
+                Err(Error::Rejected(Rejection::new(RejectionKind::BulkheadFull)))
+            }
+        }
+    });
+    assert_eq!(layer.layer(refusing).oneshot(()).await.unwrap(), 0);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the hedge was attempted");
+    assert_eq!(funds.balance(), 3.0);
+
+    // Negative control: a hedge that goes out and fails spends its token.
+    let (calls, _, svc) = replicas(&[200, -10]);
+    let funds = budget(false);
+    for _ in 0..3 {
+        funds.deposit();
+    }
+    let layer = HedgeLayer::builder("h")
+        .delay(HedgeDelay::Fixed(Duration::from_millis(50)))
+        .max_hedges(1)
+        .budget(funds.clone())
+        .without_metrics()
+        .build()
+        .unwrap();
+    assert_eq!(layer.layer(svc).oneshot(()).await.unwrap(), 0);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(funds.balance(), 2.0);
 }
 
 #[tokio::test(start_paused = true)]
