@@ -118,12 +118,10 @@ async fn up_to_n_hedges_then_the_fastest_wins() {
     assert_eq!(cancelled.load(Ordering::SeqCst), 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_hedge_refused_below_gives_its_token_back() {
-    // The primary answers after 200 ms; the hedge, due at 50 ms, is refused by a
-    // layer below (a full bulkhead) and never sent.
+/// A hedge layer sending one hedge after 50 ms, spending from a budget of `tokens`.
+fn funded(tokens: u32) -> (HedgeLayer, Arc<RetryBudget>) {
     let funds = budget(false);
-    for _ in 0..3 {
+    for _ in 0..tokens {
         funds.deposit();
     }
     let layer = HedgeLayer::builder("h")
@@ -133,6 +131,14 @@ async fn a_hedge_refused_below_gives_its_token_back() {
         .without_metrics()
         .build()
         .unwrap();
+    (layer, funds)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_refused_below_gives_its_token_back() {
+    // The primary answers after 200 ms; the hedge, due at 50 ms, is refused by a
+    // layer below (a full bulkhead) and never sent.
+    let (layer, funds) = funded(3);
     let calls = Arc::new(AtomicU32::new(0));
     let counter = calls.clone();
     let refusing = tower::service_fn(move |_: ()| {
@@ -152,17 +158,7 @@ async fn a_hedge_refused_below_gives_its_token_back() {
 
     // Negative control: a hedge that goes out and fails spends its token.
     let (calls, _, svc) = replicas(&[200, -10]);
-    let funds = budget(false);
-    for _ in 0..3 {
-        funds.deposit();
-    }
-    let layer = HedgeLayer::builder("h")
-        .delay(HedgeDelay::Fixed(Duration::from_millis(50)))
-        .max_hedges(1)
-        .budget(funds.clone())
-        .without_metrics()
-        .build()
-        .unwrap();
+    let (layer, funds) = funded(3);
     assert_eq!(layer.layer(svc).oneshot(()).await.unwrap(), 0);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(funds.balance(), 2.0);
