@@ -80,6 +80,17 @@ impl RejectionKind {
         matches!(self, RejectionKind::Timeout | RejectionKind::NoEndpoints)
     }
 
+    /// Whether the call was surely refused before it was sent: an open breaker, a
+    /// rate limit, a full bulkhead or adaptive limit, shedding, a spent budget, no
+    /// endpoints. A timeout, or a deadline, may have cut off a call that went out.
+    /// Retries and hedges give their budget token back for these.
+    pub const fn is_never_sent(self) -> bool {
+        !matches!(
+            self,
+            RejectionKind::Timeout | RejectionKind::DeadlineExceeded
+        )
+    }
+
     /// The HTTP status a server answers with when it turns this rejection into a
     /// response: 429 for rate limiting, 504 for timeouts and deadlines, 503 otherwise.
     pub const fn http_status(self) -> u16 {
@@ -411,6 +422,15 @@ mod tests {
         assert!(!RejectionKind::BudgetExhausted.is_retryable());
         assert!(!RejectionKind::DeadlineExceeded.is_retryable());
         assert!(RejectionKind::BulkheadFull.is_retryable());
+        // Only a timeout or a deadline can cut off a call that went out.
+        let sent: Vec<_> = RejectionKind::ALL
+            .into_iter()
+            .filter(|k| !k.is_never_sent())
+            .collect();
+        assert_eq!(
+            sent,
+            [RejectionKind::Timeout, RejectionKind::DeadlineExceeded]
+        );
         assert_eq!(RejectionKind::RateLimited.http_status(), 429);
         assert_eq!(RejectionKind::Timeout.http_status(), 504);
         assert_eq!(RejectionKind::CircuitOpen.http_status(), 503);

@@ -4,9 +4,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use palisade_core::lanes::Lanes;
-use palisade_core::{
-    BoxError, Classify, Deadline, Error, Name, Outcome, RejectionKind, rejection_of,
-};
+use palisade_core::{BoxError, Classify, Deadline, Error, Name, Outcome, rejection_of};
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -73,15 +71,10 @@ pub(crate) enum Finish {
 }
 
 /// Whether an attempt's error says a layer below refused it before it was sent
-/// (its retry token is then given back). A try that timed out, or a deadline that
-/// cut a call off, went out.
+/// ([`is_never_sent`](palisade_core::RejectionKind::is_never_sent)); its budget token
+/// is then given back.
 pub(crate) fn refused_unsent<E: 'static>(err: &E) -> bool {
-    rejection_of(err).is_some_and(|r| {
-        !matches!(
-            r.kind(),
-            RejectionKind::Timeout | RejectionKind::DeadlineExceeded
-        )
-    })
+    rejection_of(err).is_some_and(|r| r.kind().is_never_sent())
 }
 
 impl Shared {
